@@ -1,0 +1,105 @@
+"""Recording consent: a ledger row for every consent event, and the state it leads to.
+
+The hash chain over the ledger and the compliance tooling arrive with the consent issue; until then rows carry
+every evidence field and the chain columns stay empty.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from sqlalchemy.orm import Session
+
+from . import outbox
+from .store import Channel, ConsentLedgerEntry, ConsentState, ConsentStatus, Contact
+
+ACTION_FOR_STATUS = {
+    ConsentStatus.SUBSCRIBED: "grant",
+    ConsentStatus.UNSUBSCRIBED: "withdraw",
+    ConsentStatus.PENDING: "pending",
+}
+
+Short = Annotated[str, StringConstraints(max_length=200)]
+
+
+class ConsentProperties(BaseModel):
+    """The properties of a "Consent Updated" event (DESIGN.md section 3)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    channel: Channel
+    status: ConsentStatus
+    purpose: Short | None = Field(None, validation_alias="list_id")
+    source: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    method: Annotated[str, StringConstraints(max_length=32)] | None = None
+    form_id: Short | None = None
+    form_version: Annotated[str, StringConstraints(max_length=64)] | None = None
+    consent_text: Annotated[str, StringConstraints(max_length=20_000)] | None = None
+    consent_text_version: Annotated[str, StringConstraints(max_length=64)] | None = None
+
+
+def record(
+    session: Session,
+    store_id: int,
+    contact: Contact,
+    props: ConsentProperties,
+    *,
+    occurred_at: dt.datetime,
+    context: dict[str, Any],
+    evidence_ref: str,
+    actor: str = "storefront",
+) -> ConsentLedgerEntry:
+    """Append the ledger row and move the state forward (never backward: an older event does not win)."""
+    entry = ConsentLedgerEntry(
+        store_id=store_id,
+        contact_id=contact.id,
+        channel=props.channel,
+        purpose=props.purpose,
+        action=ACTION_FOR_STATUS[props.status],
+        status_after=props.status,
+        occurred_at=occurred_at,
+        method=props.method or "api",
+        source=props.source,
+        form_id=props.form_id,
+        form_version=props.form_version,
+        consent_text_hash=hashlib.sha256(props.consent_text.encode()).hexdigest() if props.consent_text else None,
+        consent_text_version=props.consent_text_version,
+        ip=_text(context.get("ip"), 64),
+        user_agent=_text(context.get("userAgent"), 1000),
+        actor=actor,
+        evidence_ref=evidence_ref[:200],
+    )
+    session.add(entry)
+    session.flush()
+    state = session.scalar(
+        sa.select(ConsentState).where(
+            ConsentState.store_id == store_id,
+            ConsentState.contact_id == contact.id,
+            ConsentState.channel == props.channel,
+        )
+    )
+    if state is None:
+        session.add(
+            ConsentState(
+                store_id=store_id,
+                contact_id=contact.id,
+                channel=props.channel,
+                status=props.status,
+                occurred_at=occurred_at,
+                ledger_entry_id=entry.id,
+            )
+        )
+    elif occurred_at >= state.occurred_at:
+        state.status, state.occurred_at, state.ledger_entry_id = props.status, occurred_at, entry.id
+    else:
+        return entry  # a late-arriving older event is evidence, but not the current state
+    outbox.add(session, store_id, outbox.Topic.CONSENT_CHANGED, contact.id, {"channel": props.channel})
+    return entry
+
+
+def _text(value: Any, limit: int) -> str | None:
+    return value[:limit] if isinstance(value, str) else None

@@ -1,0 +1,1 @@
+"""ESP adapters: one module per ESP behind the protocol in ``base``."""

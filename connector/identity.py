@@ -1,0 +1,204 @@
+"""Identity resolution: which contact a message is about, creating and merging contacts as ids link up.
+
+Rules (Segment-like, conservative):
+- userId, anonymousId and email are identities, each pointing at one live contact.
+- A message whose ids point at several contacts merges them into one, unless that would join two different
+  userIds: two known people are never merged (a shared device must not fuse two customers).
+- Merging moves identities, events, carts, orders, waitlist entries and consent state to the survivor and
+  marks the other contact ``merged_into_id``. Consent ledger rows stay where they are (append-only); the
+  merge pointer lets an audit follow them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from . import outbox
+from .store import (
+    Cart,
+    ConsentState,
+    Contact,
+    Event,
+    Identity,
+    IdentityKind,
+    Order,
+    WaitlistEntry,
+)
+
+log = logging.getLogger(__name__)
+
+
+def normalise_email(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    email = value.strip().lower()
+    return email if "@" in email and len(email) <= 320 else None
+
+
+def resolve(
+    session: Session,
+    store_id: int,
+    *,
+    user_id: str | None = None,
+    anonymous_id: str | None = None,
+    email: str | None = None,
+) -> Contact | None:
+    """The contact these ids belong to, created or merged as needed; None when no id is given."""
+    wanted = [
+        (kind, value)
+        for kind, value in (
+            (IdentityKind.USER_ID, user_id),
+            (IdentityKind.ANONYMOUS_ID, anonymous_id),
+            (IdentityKind.EMAIL, email),
+        )
+        if value
+    ]
+    if not wanted:
+        return None
+    found = _lookup(session, store_id, wanted)
+    contacts = {identity.contact_id for identity in found.values()}
+    if not contacts:
+        contact = Contact(store_id=store_id, external_id=user_id, email=email, properties={})
+        session.add(contact)
+        session.flush()
+    else:
+        contact = _choose_and_merge(session, store_id, found, user_id)
+    for kind, value in wanted:
+        if (kind, value) not in found:
+            _link(session, store_id, contact, kind, value, user_id)
+    if user_id and contact.external_id is None:
+        contact.external_id = user_id
+    return contact
+
+
+def alias(session: Session, store_id: int, previous_id: str, user_id: str) -> Contact | None:
+    """Segment's alias: ``previous_id`` (an anonymousId or older userId) and ``user_id`` are one person."""
+    target = resolve(session, store_id, user_id=user_id)
+    assert target is not None
+    previous = session.scalars(
+        sa.select(Identity).where(
+            Identity.store_id == store_id,
+            Identity.value == previous_id,
+            Identity.kind.in_([IdentityKind.ANONYMOUS_ID, IdentityKind.USER_ID]),
+        )
+    ).all()
+    for identity in previous:
+        if identity.contact_id != target.id:
+            other = session.get(Contact, identity.contact_id)
+            if other is not None and other.store_id == store_id:
+                merge(session, store_id, survivor=target, merged=other)
+    if not previous:
+        _link(session, store_id, target, IdentityKind.ANONYMOUS_ID, previous_id, user_id)
+    return target
+
+
+def merge(session: Session, store_id: int, *, survivor: Contact, merged: Contact) -> None:
+    """Fold ``merged`` into ``survivor`` (both in ``store_id``)."""
+    if survivor.id == merged.id:
+        return
+    for model in (Identity, Event, Cart, Order):
+        session.execute(
+            sa.update(model)
+            .where(model.store_id == store_id, model.contact_id == merged.id)
+            .values(contact_id=survivor.id)
+            .execution_options(synchronize_session=False)
+        )
+    _move_waitlists(session, store_id, survivor, merged)
+    _move_consent_state(session, store_id, survivor, merged)
+    for field in ("email", "phone", "external_id", "first_name", "last_name", "timezone", "locale"):
+        if getattr(survivor, field) is None:
+            setattr(survivor, field, getattr(merged, field))
+    survivor.properties = {**(merged.properties or {}), **(survivor.properties or {})}
+    merged.merged_into_id = survivor.id
+    merged.email = None  # the survivor holds the person's data now
+    outbox.add(session, store_id, outbox.Topic.CONTACT_MERGED, merged.id, {"into": survivor.id})
+    outbox.add(session, store_id, outbox.Topic.CONTACT_UPSERT, survivor.id)
+    session.expire_all()  # bulk updates above bypass the identity map
+
+
+def _lookup(session: Session, store_id: int, wanted: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Identity]:
+    clauses = [sa.and_(Identity.kind == kind, Identity.value == value) for kind, value in wanted]
+    rows = session.scalars(sa.select(Identity).where(Identity.store_id == store_id, sa.or_(*clauses))).all()
+    return {(row.kind, row.value): row for row in rows}
+
+
+def _choose_and_merge(
+    session: Session, store_id: int, found: dict[tuple[str, str], Identity], user_id: str | None
+) -> Contact:
+    by_user = found.get((IdentityKind.USER_ID, user_id)) if user_id else None
+    ids = sorted({identity.contact_id for identity in found.values()})
+    survivor_id = by_user.contact_id if by_user else ids[0]
+    survivor = session.get(Contact, survivor_id)
+    assert survivor is not None and survivor.store_id == store_id
+    for other_id in ids:
+        if other_id == survivor_id:
+            continue
+        other = session.get(Contact, other_id)
+        assert other is not None and other.store_id == store_id
+        if _distinct_people(survivor, other):
+            log.info("store %s: not merging contacts %s and %s (different userIds)", store_id, survivor.id, other.id)
+            continue
+        merge(session, store_id, survivor=survivor, merged=other)
+    return survivor
+
+
+def _distinct_people(a: Contact, b: Contact) -> bool:
+    return a.external_id is not None and b.external_id is not None and a.external_id != b.external_id
+
+
+def _link(session: Session, store_id: int, contact: Contact, kind: str, value: str, user_id: str | None) -> None:
+    # An id already held by another known person stays where it is (see module docstring).
+    holder = session.scalar(
+        sa.select(Identity).where(Identity.store_id == store_id, Identity.kind == kind, Identity.value == value)
+    )
+    if holder is None:
+        session.add(Identity(store_id=store_id, contact_id=contact.id, kind=kind, value=value))
+        session.flush()
+
+
+def _move_waitlists(session: Session, store_id: int, survivor: Contact, merged: Contact) -> None:
+    entries = session.scalars(
+        sa.select(WaitlistEntry).where(WaitlistEntry.store_id == store_id, WaitlistEntry.contact_id == merged.id)
+    ).all()
+    for entry in entries:
+        clash = session.scalar(
+            sa.select(WaitlistEntry.id).where(
+                WaitlistEntry.store_id == store_id,
+                WaitlistEntry.contact_id == survivor.id,
+                WaitlistEntry.product_id == entry.product_id,
+                WaitlistEntry.variant_id == entry.variant_id,
+                WaitlistEntry.channel == entry.channel,
+            )
+        )
+        if clash is None:
+            entry.contact_id = survivor.id
+        else:
+            session.delete(entry)
+    session.flush()
+
+
+def _move_consent_state(session: Session, store_id: int, survivor: Contact, merged: Contact) -> None:
+    theirs = session.scalars(
+        sa.select(ConsentState).where(ConsentState.store_id == store_id, ConsentState.contact_id == merged.id)
+    ).all()
+    for state in theirs:
+        mine = session.get(ConsentState, (survivor.id, state.channel))
+        if mine is None:
+            session.add(
+                ConsentState(
+                    store_id=store_id,
+                    contact_id=survivor.id,
+                    channel=state.channel,
+                    status=state.status,
+                    occurred_at=state.occurred_at,
+                    ledger_entry_id=state.ledger_entry_id,
+                )
+            )
+        elif state.occurred_at > mine.occurred_at:
+            mine.status, mine.occurred_at, mine.ledger_entry_id = state.status, state.occurred_at, state.ledger_entry_id
+        session.delete(state)
+    session.flush()

@@ -1,0 +1,59 @@
+"""Durable acceptance: accepted messages become ``events`` rows in one statement and one commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from ..store import Database, Event
+from .messages import Accepted
+
+
+def store_events(db: Database, store_id: int, messages: Sequence[Accepted], received_at: dt.datetime) -> int:
+    """Insert ``messages`` for ``store_id`` and commit; returns how many were new (the rest were duplicates).
+
+    Duplicate messageIds are ignored by the unique (store_id, message_id) constraint, which makes client retries
+    idempotent; within one request the first occurrence wins. When this returns, the rows are committed, so the
+    caller may acknowledge.
+    """
+    if not messages:
+        return 0
+    rows = _rows(store_id, messages, received_at)
+    dialect = postgresql if db.dialect == "postgresql" else sqlite
+    statement = dialect.insert(Event).on_conflict_do_nothing(index_elements=["store_id", "message_id"])
+    with db.writer() as session:
+        result = session.execute(statement.returning(Event.id), rows)
+        return len(result.all())
+
+
+def _rows(store_id: int, messages: Sequence[Accepted], received_at: dt.datetime) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    rows = []
+    for message in messages:
+        if message.message_id in seen:
+            continue
+        seen.add(message.message_id)
+        rows.append(
+            {
+                "store_id": store_id,
+                "message_id": message.message_id,
+                "type": message.type,
+                "name": message.name,
+                "user_id": message.user_id,
+                "anonymous_id": message.anonymous_id,
+                "timestamp": message.timestamp,
+                "received_at": received_at,
+                "payload": message.payload,
+            }
+        )
+    return rows
+
+
+def pending_projection(db: Database) -> list[int]:
+    """Ids of stores that have accepted events not yet projected (uses the partial index)."""
+    with db.reader() as session:
+        return list(session.scalars(sa.select(Event.store_id).where(Event.projected_at.is_(None)).distinct()))

@@ -1,0 +1,116 @@
+"""The relay: moves work from the database to the broker, and the sweeper that recovers stalled work.
+
+Each tick (every ``relay_interval`` seconds):
+1. claims due ``pending`` outbox rows (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; SQLite serialises writers),
+   marks them ``enqueued`` and commits, then sends one message per row. A crash between the commit and the
+   send leaves rows ``enqueued``; step 2 recovers them.
+2. re-sends rows ``enqueued`` longer than ``outbox_visibility_timeout`` ago (a lost message, a flushed
+   Redis, a worker killed mid-job). Delivery is idempotent, so a rare second send is harmless.
+3. sends a projection job for every store with unprojected events, so events acknowledged while no job
+   reached the broker are still projected.
+Several relays (one per worker process) may run at once; the claims keep them from sending a row twice.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from ..ingest.accept import pending_projection
+from ..store import Database, OutboxRow, OutboxStatus, utcnow
+from .tasks import Jobs
+
+log = logging.getLogger(__name__)
+
+CLAIM_LIMIT = 1000
+
+
+@dataclass(frozen=True)
+class TickReport:
+    enqueued: int
+    swept: int
+    projection_kicks: int
+
+
+def enqueue_due(db: Database, send: Callable[[int], object], *, limit: int = CLAIM_LIMIT) -> int:
+    now = utcnow()
+    query = (
+        sa.select(OutboxRow.id)
+        .where(OutboxRow.status == OutboxStatus.PENDING, OutboxRow.available_at <= now)
+        .order_by(OutboxRow.id)
+        .limit(limit)
+    )
+    return _claim_and_send(db, query, now, send)
+
+
+def sweep_stalled(db: Database, send: Callable[[int], object], *, visibility_timeout: float) -> int:
+    now = utcnow()
+    query = (
+        sa.select(OutboxRow.id)
+        .where(
+            OutboxRow.status == OutboxStatus.ENQUEUED,
+            OutboxRow.enqueued_at < now - dt.timedelta(seconds=visibility_timeout),
+        )
+        .order_by(OutboxRow.id)
+        .limit(CLAIM_LIMIT)
+    )
+    return _claim_and_send(db, query, now, send)
+
+
+def _claim_and_send(db: Database, query: sa.Select[tuple[int]], now: dt.datetime, send: Callable[[int], object]) -> int:
+    if db.dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    with db.writer() as session:
+        ids = list(session.scalars(query))
+        if ids:
+            session.execute(
+                sa.update(OutboxRow)
+                .where(OutboxRow.id.in_(ids))
+                .values(status=OutboxStatus.ENQUEUED, enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    for row_id in ids:
+        send(row_id)
+    return len(ids)
+
+
+class Relay:
+    """Runs ticks on a daemon thread until ``stop()``."""
+
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> TickReport:
+        jobs = self.jobs
+        enqueued = enqueue_due(jobs.db, jobs.deliver_outbox.send)
+        swept = sweep_stalled(
+            jobs.db, jobs.deliver_outbox.send, visibility_timeout=jobs.settings.outbox_visibility_timeout
+        )
+        stores = pending_projection(jobs.db)
+        for store_id in stores:
+            jobs.project_events.send(store_id)
+        return TickReport(enqueued=enqueued, swept=swept, projection_kicks=len(stores))
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="espbridge-relay", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # a database or broker outage must not kill the relay; the next tick retries
+                log.exception("relay tick failed")
+            self._stop.wait(self.jobs.settings.relay_interval)

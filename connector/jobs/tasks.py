@@ -1,0 +1,85 @@
+"""Actors, bound to an explicit broker and database.
+
+Jobs carry ids, never objects. Delivery retries are kept on the outbox row (attempts, available_at,
+last_error) rather than in the broker message: the database is the source of truth, so a Redis flush or a
+crash forgets no retry, and dead rows stay visible with their last error.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import dramatiq
+from dramatiq.common import compute_backoff
+
+from ..esp.base import EspAdapter, NoopAdapter
+from ..ingest.projection import project_pending
+from ..settings import Settings
+from ..store import Database, OutboxRow, OutboxStatus, utcnow
+
+log = logging.getLogger(__name__)
+
+QUEUE = "espbridge"
+#: Batches one projection job works through before handing the rest to a fresh message (keeps jobs short).
+PROJECTION_BATCHES_PER_JOB = 20
+
+
+@dataclass
+class Jobs:
+    """The actors of one process. Build it once per process with the broker the process uses."""
+
+    settings: Settings
+    db: Database
+    broker: dramatiq.Broker
+    adapter: EspAdapter = field(default_factory=NoopAdapter)
+
+    def __post_init__(self) -> None:
+        self.project_events = self._actor(self._project_events, "project_events", max_retries=5)
+        self.deliver_outbox = self._actor(self._deliver_outbox, "deliver_outbox", max_retries=0)
+
+    def _actor(self, fn: Any, name: str, **options: Any) -> dramatiq.Actor:
+        return dramatiq.Actor(fn, broker=self.broker, actor_name=name, queue_name=QUEUE, priority=0, options=options)
+
+    def _project_events(self, store_id: int) -> None:
+        for _ in range(PROJECTION_BATCHES_PER_JOB):
+            if project_pending(self.db, store_id, batch_size=self.settings.projection_batch_size) == 0:
+                return
+        self.project_events.send(store_id)
+
+    def _deliver_outbox(self, row_id: int) -> None:
+        with self.db.reader() as session:
+            row = session.get(OutboxRow, row_id)
+            if row is None or row.status in (OutboxStatus.DONE, OutboxStatus.DEAD):
+                return
+        try:
+            self.adapter.deliver(row)
+        except Exception as exc:  # any failure is recorded on the row and retried from there
+            self._reschedule(row_id, exc)
+            return
+        with self.db.writer() as session:
+            row = session.get(OutboxRow, row_id)
+            if row is not None:
+                row.status, row.done_at, row.attempts = OutboxStatus.DONE, utcnow(), row.attempts + 1
+
+    def _reschedule(self, row_id: int, exc: Exception) -> None:
+        settings = self.settings
+        with self.db.writer() as session:
+            row = session.get(OutboxRow, row_id)
+            if row is None:
+                return
+            row.attempts += 1
+            row.last_error = f"{type(exc).__name__}: {exc}"[:2000]
+            now = utcnow()
+            if now - row.created_at > dt.timedelta(seconds=settings.retry_max_age):
+                row.status = OutboxStatus.DEAD
+                log.warning("outbox row %s dead after %s attempts: %s", row_id, row.attempts, row.last_error)
+                return
+            _, delay_ms = compute_backoff(
+                row.attempts,
+                factor=int(settings.retry_min_backoff * 1000),
+                max_backoff=int(settings.retry_max_backoff * 1000),
+            )
+            row.status, row.available_at = OutboxStatus.PENDING, now + dt.timedelta(milliseconds=delay_ms)

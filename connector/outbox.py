@@ -1,0 +1,47 @@
+"""Writing outbox rows. Callers pass the session of the change, so row and change commit together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .store import OutboxRow, OutboxStatus
+
+
+class Topic:
+    """What an ESP must learn of. Adapters (ESP issues) decide what each topic means for their API."""
+
+    CONTACT_UPSERT = "contact.upsert"
+    CONTACT_MERGED = "contact.merged"
+    CONSENT_CHANGED = "consent.changed"
+    EVENT_TRACKED = "event.tracked"
+    ORDER_CHANGED = "order.changed"
+    CART_CHANGED = "cart.changed"
+    WAITLIST_CHANGED = "waitlist.changed"
+    CATALOG_RESTOCKED = "catalog.restocked"
+
+
+#: Topics whose pending rows coalesce: the job sends the subject's current state, so one pending row is enough.
+COALESCING_TOPICS = frozenset({Topic.CONTACT_UPSERT, Topic.CART_CHANGED, Topic.ORDER_CHANGED})
+
+
+def add(
+    session: Session, store_id: int, topic: str, subject_id: int | str, payload: dict[str, Any] | None = None
+) -> None:
+    """Record that ``topic`` happened to ``subject_id`` in ``store_id``, in the caller's transaction."""
+    subject = str(subject_id)
+    if topic in COALESCING_TOPICS:
+        session.flush()  # rows added earlier in this transaction must be visible to the check below
+        pending = session.scalar(
+            sa.select(OutboxRow.id).where(
+                OutboxRow.store_id == store_id,
+                OutboxRow.topic == topic,
+                OutboxRow.subject_id == subject,
+                OutboxRow.status == OutboxStatus.PENDING,
+            )
+        )
+        if pending is not None:
+            return
+    session.add(OutboxRow(store_id=store_id, topic=topic, subject_id=subject, payload=payload or {}))

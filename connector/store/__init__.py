@@ -1,0 +1,41 @@
+"""The local store: typed SQLAlchemy models split by concept, and the engine/session factory.
+
+Every table but ``stores`` carries ``store_id``; every query in connector/ filters by it.
+"""
+
+from .base import Base, utcnow
+from .commerce import Cart, CartItem, Order, OrderItem, Product, Variant, WaitlistEntry
+from .consent import Channel, ConsentLedgerEntry, ConsentState, ConsentStatus
+from .contacts import Contact, Identity, IdentityKind
+from .db import Database, connect
+from .events import Event
+from .outbox import OutboxRow, OutboxStatus
+from .tenancy import AdminUser, Role, Store, WriteKey
+
+__all__ = [
+    "AdminUser",
+    "Base",
+    "Cart",
+    "CartItem",
+    "Channel",
+    "ConsentLedgerEntry",
+    "ConsentState",
+    "ConsentStatus",
+    "Contact",
+    "Database",
+    "Event",
+    "Identity",
+    "IdentityKind",
+    "Order",
+    "OrderItem",
+    "OutboxRow",
+    "OutboxStatus",
+    "Product",
+    "Role",
+    "Store",
+    "Variant",
+    "WaitlistEntry",
+    "WriteKey",
+    "connect",
+    "utcnow",
+]

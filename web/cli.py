@@ -1,0 +1,185 @@
+"""The ``espbridge`` command line. Every command that prints data takes ``--json``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+import click
+
+from connector import migrate as migrations
+from connector.errors import EspbridgeError
+from connector.runtime import Runtime
+from connector.settings import Settings
+from connector.store import Role, connect
+from connector.tenancy import create_admin_user, create_store, find_store
+
+
+class Context:
+    def __init__(self) -> None:
+        self.settings = Settings()
+
+
+pass_context = click.make_pass_decorator(Context, ensure=True)
+
+
+def emit(data: dict[str, Any], as_json: bool, lines: list[str]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        for line in lines:
+            click.echo(line)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="espbridge")
+@pass_context
+def main(ctx: Context) -> None:
+    """espbridge: own your customer-marketing data and keep your ESPs in sync with it.
+
+    Configuration comes from ESPBRIDGE_* environment variables (see the README).
+    """
+    logging.basicConfig(level=ctx.settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def migrate(ctx: Context, as_json: bool) -> None:
+    """Create or upgrade the database schema (idempotent)."""
+    db = connect(ctx.settings.database_url)
+    try:
+        migrations.upgrade(db)
+        revision = migrations.current_revision(db)
+    finally:
+        db.dispose()
+    emit(
+        {"revision": revision, "database": db.engine.url.render_as_string()},
+        as_json,
+        [f"schema at revision {revision}"],
+    )
+
+
+@main.group()
+def stores() -> None:
+    """Manage stores (tenants)."""
+
+
+@stores.command("create")
+@click.argument("name")
+@click.option("--timezone", default="UTC", show_default=True, help="IANA time zone of the store.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def stores_create(ctx: Context, name: str, timezone: str, as_json: bool) -> None:
+    """Create a store and print its id and write key (shown once)."""
+    db = connect(ctx.settings.database_url)
+    try:
+        with db.writer() as session:
+            store = create_store(session, name, timezone)
+    except EspbridgeError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        db.dispose()
+    data = {"id": store.id, "name": store.name, "timezone": store.timezone, "write_key": store.write_key}
+    emit(data, as_json, [f"store {store.id} {store.name!r} ({store.timezone})", f"write key: {store.write_key}"])
+
+
+@stores.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def stores_list(ctx: Context, as_json: bool) -> None:
+    """List stores."""
+    import sqlalchemy as sa
+
+    from connector.store import Store
+
+    db = connect(ctx.settings.database_url)
+    try:
+        with db.reader() as session:
+            rows = [
+                {"id": s.id, "name": s.name, "timezone": s.timezone}
+                for s in session.scalars(sa.select(Store).order_by(Store.id))
+            ]
+    finally:
+        db.dispose()
+    emit({"stores": rows}, as_json, [f"{r['id']}\t{r['name']}\t{r['timezone']}" for r in rows])
+
+
+@main.group()
+def users() -> None:
+    """Manage admin users."""
+
+
+@users.command("create")
+@click.argument("email")
+@click.option("--role", type=click.Choice([r.value for r in Role]), required=True)
+@click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def users_create(ctx: Context, email: str, role: str, store_id: int | None, as_json: bool) -> None:
+    """Create an admin user and print their API token (shown once)."""
+    db = connect(ctx.settings.database_url)
+    try:
+        with db.writer() as session:
+            store = find_store(session, store_id)
+            user = create_admin_user(session, store.id, email, role)
+    except EspbridgeError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        db.dispose()
+    data = {"id": user.id, "store_id": user.store_id, "email": user.email, "role": user.role.value, "token": user.token}
+    emit(data, as_json, [f"user {user.email} ({user.role.value}) in store {user.store_id}", f"token: {user.token}"])
+
+
+@main.command()
+@click.option("--host", help="Bind address [ESPBRIDGE_HOST].")
+@click.option("--port", type=int, help="Port [ESPBRIDGE_PORT].")
+@click.option("--workers", type=int, help="gunicorn worker processes [ESPBRIDGE_WEB_WORKERS].")
+@click.option("--threads", type=int, help="Threads per worker [ESPBRIDGE_WEB_THREADS].")
+@pass_context
+def serve(ctx: Context, host: str | None, port: int | None, workers: int | None, threads: int | None) -> None:
+    """Run the HTTP service under gunicorn (ingestion, webhooks, admin API)."""
+    from .server import Server
+
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = ctx.settings.model_copy(update=overrides)
+    Server(settings, workers=workers or settings.web_workers, threads=threads or settings.web_threads).run()
+
+
+@main.command()
+@click.option("--threads", type=int, help="Worker threads [ESPBRIDGE_WORKER_THREADS].")
+@pass_context
+def worker(ctx: Context, threads: int | None) -> None:
+    """Run Dramatiq worker threads and the outbox relay until SIGINT/SIGTERM."""
+    settings = ctx.settings.model_copy(update={"worker_threads": threads} if threads else {})
+    if settings.embedded_broker:
+        click.echo("ESPBRIDGE_REDIS_URL is unset: this worker serves only its own embedded broker", err=True)
+    runtime = Runtime(settings)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    runtime.start_background()
+    click.echo(f"worker running ({settings.worker_threads} threads); Ctrl-C stops it", err=True)
+    stop.wait()
+    runtime.close()
+
+
+@main.command()
+@click.option("--customers", default=300, show_default=True, help="Customers in the generated storefront day.")
+@click.option("--port", default=8000, show_default=True, help="Port to serve on (0: any free port).")
+@click.option("--db", "db_path", default="espbridge-demo.db", show_default=True, help="SQLite file (recreated).")
+@click.option("--exit", "exit_after", is_flag=True, help="Stop after printing the summary instead of serving on.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def demo(customers: int, port: int, db_path: str, exit_after: bool, as_json: bool) -> None:
+    """Run a whole storefront day through a fresh embedded espbridge and show what landed."""
+    from .demo import run_demo
+
+    sys.exit(run_demo(customers=customers, port=port, db_path=db_path, exit_after=exit_after, as_json=as_json))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Every error leaves as JSON: ``{"success": false, "error": "...", ...}`` with a precise 4xx where it can."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+def error_response(status: int, message: str, **extra: Any) -> Response:
+    response = jsonify({"success": False, "error": message, **extra})
+    response.status_code = status
+    return response
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        response = error_response(exc.code or 500, exc.description or exc.name)
+        if exc.code == 413:
+            response.data = error_response(413, "request body too large").data
+        if exc.code == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="espbridge"'
+        return response
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(exc: OperationalError) -> Response:
+        # The store is down or locked: nothing was acknowledged, so the client should retry.
+        log.error("database unavailable: %s", exc.orig)
+        response = error_response(503, "the store is temporarily unavailable; retry later")
+        response.headers["Retry-After"] = "5"
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(500, "internal error")
