@@ -12,8 +12,8 @@ import datetime as dt
 import random
 import uuid
 from collections.abc import Iterator, Sequence
-from itertools import accumulate
 from dataclasses import dataclass, field, replace
+from itertools import accumulate
 from typing import Any
 
 STORE_URL = "https://demo-store.example"
@@ -33,7 +33,7 @@ _P_CHECKOUT = 0.50
 _P_CHECKOUT_RETURNING = 0.65
 _P_COMPLETE = 0.85
 _P_SIGNUP = 0.15  # of anonymous visitors who do not check out
-_P_WAITLIST = 0.35  # of views of an out-of-stock variant
+_P_WAITLIST = 0.20  # of views of an out-of-stock variant
 _P_WAITLIST_LEFT = 0.15
 _P_EMAIL_AT_SIGNUP = 0.90
 _P_EMAIL_AT_CHECKOUT = 0.55
@@ -41,7 +41,7 @@ _P_EMAIL_AT_WAITLIST = 0.25
 _P_EMAIL_PENDING = 0.15  # double opt-in: pending first, confirmed a few minutes later (usually)
 _P_EMAIL_CONFIRMED = 0.75
 _P_SMS = 0.35  # of email subscribers who gave a phone number
-_P_UNSUBSCRIBE = 0.08
+_P_UNSUBSCRIBE = 0.10
 _P_REFUND = 0.06
 _P_CANCEL = 0.04
 _P_COUPON = 0.20
@@ -53,7 +53,7 @@ _HOUR_WEIGHTS = (1, 1, 1, 1, 1, 2, 3, 5, 7, 8, 8, 9, 10, 10, 9, 9, 9, 10, 11, 12
 class _Category:
     name: str
     code: str
-    nouns: tuple[str, ...]
+    nouns: str  # comma-separated
     variants: tuple[str, ...]
     single: str  # the variant label of a product that has only one variant
     dollars: tuple[int, int]  # price range in whole currency units
@@ -64,7 +64,7 @@ _CATEGORIES = (
     _Category(
         "Apparel",
         "APP",
-        ("Crew Tee", "Oxford Shirt", "Hoodie", "Chinos", "Denim Jacket", "Merino Sweater", "Linen Dress", "Parka"),
+        "Crew Tee, Oxford Shirt, Hoodie, Chinos, Denim Jacket, Merino Sweater, Linen Dress, Parka",
         ("S", "M", "L"),
         "One Size",
         (19, 149),
@@ -72,7 +72,7 @@ _CATEGORIES = (
     _Category(
         "Shoes",
         "SHO",
-        ("Runner", "Chelsea Boot", "Loafer", "Trail Shoe", "Court Sneaker", "Sandal", "Derby", "Slipper"),
+        "Runner, Chelsea Boot, Loafer, Trail Shoe, Court Sneaker, Sandal, Derby, Slipper",
         ("EU 40", "EU 42", "EU 44"),
         "EU 42",
         (39, 189),
@@ -81,7 +81,7 @@ _CATEGORIES = (
     _Category(
         "Accessories",
         "ACC",
-        ("Leather Belt", "Canvas Tote", "Wool Scarf", "Card Wallet", "Sunglasses", "Beanie", "Backpack", "Cap"),
+        "Leather Belt, Canvas Tote, Wool Scarf, Card Wallet, Sunglasses, Beanie, Backpack, Cap",
         ("Black", "Tan", "Navy"),
         "One Size",
         (12, 89),
@@ -89,7 +89,7 @@ _CATEGORIES = (
     _Category(
         "Home",
         "HOM",
-        ("Ceramic Mug", "Linen Throw", "Scented Candle", "Towel Set", "Table Lamp", "Planter", "Cushion", "Carafe"),
+        "Ceramic Mug, Linen Throw, Scented Candle, Towel Set, Table Lamp, Planter, Cushion, Carafe",
         ("White", "Sage", "Charcoal"),
         "Standard",
         (9, 129),
@@ -97,13 +97,13 @@ _CATEGORIES = (
     _Category(
         "Beauty",
         "BEA",
-        ("Face Serum", "Hand Cream", "Lip Balm", "Shampoo Bar", "Body Oil", "Sunscreen", "Eye Cream", "Bath Salts"),
+        "Face Serum, Hand Cream, Lip Balm, Shampoo Bar, Body Oil, Sunscreen, Eye Cream, Bath Salts",
         ("30 ml", "50 ml", "100 ml"),
         "50 ml",
         (8, 59),
     ),
 )
-_ADJECTIVES = ("Classic", "Everyday", "Heritage", "Organic", "Alpine", "Coastal", "Studio", "Nordic", "Harbor")
+_ADJECTIVES = ("Classic", "Everyday", "Heritage", "Organic", "Alpine", "Coastal", "Studio", "Nordic", "Bold")
 _BRANDS = ("Tideline", "Marlow Goods", "Brightwater", "Kestrel & Co", "Northbay Supply")
 _FIRST_NAMES = (
     "Anna", "Ben", "Chloe", "David", "Elena", "Felix", "Grace", "Hugo", "Ines", "Jonas", "Klara", "Liam",
@@ -114,23 +114,24 @@ _LAST_NAMES = (
     "Keller", "Lambert", "Moreau", "Nielsen", "Okafor", "Peters", "Rossi", "Schmidt", "Tanaka", "Vogel",
 )  # fmt: skip
 _EU_PLACES = (
-    ("Berlin", "DE", "de-DE"), ("Hamburg", "DE", "de-DE"), ("Munich", "DE", "de-DE"), ("Paris", "FR", "fr-FR"),
-    ("Lyon", "FR", "fr-FR"), ("Amsterdam", "NL", "nl-NL"), ("Madrid", "ES", "es-ES"), ("Barcelona", "ES", "es-ES"),
-    ("Milan", "IT", "it-IT"), ("Vienna", "AT", "de-AT"), ("Dublin", "IE", "en-IE"), ("Lisbon", "PT", "pt-PT"),
+    ("Berlin", "DE", "de-DE"), ("Hamburg", "DE", "de-DE"), ("Munich", "DE", "de-DE"),
+    ("Paris", "FR", "fr-FR"), ("Lyon", "FR", "fr-FR"), ("Amsterdam", "NL", "nl-NL"),
+    ("Madrid", "ES", "es-ES"), ("Barcelona", "ES", "es-ES"), ("Milan", "IT", "it-IT"),
+    ("Vienna", "AT", "de-AT"), ("Dublin", "IE", "en-IE"), ("Lisbon", "PT", "pt-PT"),
     ("Brussels", "BE", "fr-BE"), ("Helsinki", "FI", "fi-FI"),
 )  # fmt: skip
 _US_PLACES = (
-    ("New York", "US", "en-US"), ("Chicago", "US", "en-US"), ("Austin", "US", "en-US"), ("Seattle", "US", "en-US"),
-    ("Denver", "US", "en-US"), ("Boston", "US", "en-US"), ("Los Angeles", "US", "en-US"), ("Miami", "US", "es-US"),
-    ("Portland", "US", "en-US"), ("Atlanta", "US", "en-US"),
+    ("New York", "US", "en-US"), ("Chicago", "US", "en-US"), ("Austin", "US", "en-US"),
+    ("Seattle", "US", "en-US"), ("Denver", "US", "en-US"), ("Boston", "US", "en-US"),
+    ("Los Angeles", "US", "en-US"), ("Miami", "US", "es-US"), ("Portland", "US", "en-US"),
+    ("Atlanta", "US", "en-US"),
 )  # fmt: skip
 _USER_AGENTS = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/18.1 Mobile/15E148 Safari/604.1",
     "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Mobile Safari/537.36",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
-    "Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/18.1 Safari/605.1.15",
     "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
@@ -185,7 +186,7 @@ def catalog(seed: int = 7) -> list[Product]:
     variants: list[list[Product]] = []
     number = 1000
     for category in _CATEGORIES:
-        for index, noun in enumerate(category.nouns):
+        for index, noun in enumerate(category.nouns.split(", ")):
             number += 1
             product_id = f"prod_{number}"
             name = f"{adjectives[index % len(adjectives)]} {noun}"
@@ -257,6 +258,7 @@ def storefront_day(
     generator.open_store()
     for number in range(1, customers + 1):
         generator.visitor(number)
+    generator.close_store()
     return generator.messages()
 
 
@@ -323,7 +325,8 @@ class _Day:
         self.product_ids = list(self.products)
         # Sold-out products get extra attention, as they do in real shops, which feeds the waitlists.
         weights = [
-            3.0 if all(v.quantity == 0 for v in self.products[p]) else rng.uniform(0.3, 2.5) for p in self.product_ids
+            2.0 if all(v.quantity == 0 for v in variants) else rng.uniform(0.3, 2.5)
+            for variants in self.products.values()
         ]
         self.cum_weights = list(accumulate(weights))
         self.places = _EU_PLACES if currency == "EUR" else _US_PLACES
@@ -332,6 +335,7 @@ class _Day:
         self.tax_percent = 0 if currency == "EUR" else 8
         #: variant_id -> when a sold-out variant is back in stock; decided up front so shoppers see it.
         self.restocked_at: dict[str, int] = {}
+        self.waitlist_joins: dict[str, list[int]] = {}  # variant_id -> when shoppers joined its waitlist
         self.orders = 0
         self._out: list[tuple[int, int, dict[str, Any]]] = []
 
@@ -340,7 +344,7 @@ class _Day:
         self._out.sort(key=lambda item: (item[0], item[1]))
         return [message for _, _, message in self._out]
 
-    # -- emitting ---------------------------------------------------------------------------------------------
+    # -- emitting --------------------------------------------------------------------------------
 
     def _uuid(self) -> str:
         return str(uuid.UUID(int=self.rng.getrandbits(128), version=4))
@@ -351,7 +355,9 @@ class _Day:
         seconds, millis = divmod(rest, 1000)
         return f"{self.prefix}{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
 
-    def _emit(self, ms: int, kind: str, body: dict[str, Any], visitor: _Visitor | None, *, web: bool = True) -> None:
+    def _emit(
+        self, ms: int, kind: str, body: dict[str, Any], visitor: _Visitor | None, *, web: bool = True
+    ) -> None:
         message: dict[str, Any] = {"type": kind, "messageId": self._uuid(), "timestamp": self._stamp(ms)}
         if visitor is not None:
             if visitor.user_id is not None:
@@ -409,7 +415,7 @@ class _Day:
         }
         self._emit(ms, "track", {"event": "Inventory Updated", "properties": properties}, None)
 
-    # -- the store ----------------------------------------------------------------------------------------------
+    # -- the store -------------------------------------------------------------------------------
 
     def open_store(self) -> None:
         """The catalog load at midnight, then restocks: half the sold-out variants and a few top-ups."""
@@ -421,7 +427,28 @@ class _Day:
             self.restocked_at[product.variant_id] = ms
             self._inventory(ms, product, self.rng.randrange(10, 60))
         for product in self.rng.sample([p for p in self.variants if p.quantity > 0], 3):
-            self._inventory(self.rng.randrange(8 * 3_600_000, 22 * 3_600_000), product, product.quantity + self.rng.randrange(20, 80))
+            self._inventory(
+                self.rng.randrange(8 * 3_600_000, 22 * 3_600_000),
+                product,
+                product.quantity + self.rng.randrange(20, 80),
+            )
+
+    def close_store(self) -> None:
+        """Restock the most wanted sold-out variant after its last waitlist join, if it was not restocked yet.
+
+        The planned restocks may all miss the variants people waited for; a back-in-stock moment is the
+        point of a waitlist, so the day always has one when there are waitlists at all.
+        """
+        waiting = [v for v in self.waitlist_joins if v not in self.restocked_at]
+        if not waiting:
+            return
+        variant_id = max(waiting, key=lambda v: len(self.waitlist_joins[v]))  # first of equals: deterministic
+        earliest = max(self.waitlist_joins[variant_id]) + 10 * _MINUTE
+        if earliest < _DAY_MS - 1:
+            product = next(p for p in self.variants if p.variant_id == variant_id)
+            ms = self.rng.randrange(earliest, _DAY_MS - 1)
+            self.restocked_at[variant_id] = ms
+            self._inventory(ms, product, self.rng.randrange(10, 60))
 
     def _in_stock(self, product: Product, t: int) -> bool:
         # Stock is not drawn down by orders: the demo is about events, and starting stock covers the day.
@@ -432,7 +459,7 @@ class _Day:
         product_id = self.rng.choices(self.product_ids, cum_weights=self.cum_weights)[0]
         return self.rng.choice(self.products[product_id])
 
-    # -- one visitor ----------------------------------------------------------------------------------------------
+    # -- one visitor -----------------------------------------------------------------------------
 
     def visitor(self, number: int) -> None:
         rng = self.rng
@@ -480,8 +507,11 @@ class _Day:
             product = self._pick()
             self._view(visitor, product)
             if not self._in_stock(product, visitor.t):
-                if product not in waitlisted and rng.random() < _P_WAITLIST:
-                    self._join_waitlist(visitor, product)
+                if (
+                    product not in waitlisted
+                    and rng.random() < _P_WAITLIST
+                    and self._join_waitlist(visitor, product)
+                ):
                     waitlisted.append(product)
             elif carting and len(cart) < wanted_lines and all(line.product != product for line in cart):
                 self._add(visitor, cart_id, cart, product)
@@ -551,18 +581,26 @@ class _Day:
         }
 
     def _cart_properties(self, cart_id: str, cart: list[_Line]) -> dict[str, Any]:
-        return {"cart_id": cart_id, "currency": self.currency, "products": [self._line(line) for line in cart]}
+        return {
+            "cart_id": cart_id,
+            "currency": self.currency,
+            "products": [self._line(line) for line in cart],
+        }
 
     def _add(self, visitor: _Visitor, cart_id: str, cart: list[_Line], product: Product) -> None:
         line = _Line(product, self.rng.choices((1, 2, 3), weights=(75, 20, 5))[0])
         cart.append(line)
         self._step(visitor, 3, 30)
-        self._track(visitor, "Product Added", {"cart_id": cart_id, **self._line(line), "currency": self.currency})
+        self._track(
+            visitor, "Product Added", {"cart_id": cart_id, **self._line(line), "currency": self.currency}
+        )
 
     def _remove(self, visitor: _Visitor, cart_id: str, cart: list[_Line]) -> None:
         line = cart.pop(self.rng.randrange(len(cart)))
         self._step(visitor, 5, 30)
-        self._track(visitor, "Product Removed", {"cart_id": cart_id, **self._line(line), "currency": self.currency})
+        self._track(
+            visitor, "Product Removed", {"cart_id": cart_id, **self._line(line), "currency": self.currency}
+        )
 
     def _identify(self, visitor: _Visitor) -> None:
         if visitor.user_id is None:
@@ -612,7 +650,8 @@ class _Day:
         self._consent(visitor, "email", "unsubscribed", "preference_center")
         visitor.email_subscribed = False
 
-    def _join_waitlist(self, visitor: _Visitor, product: Product) -> None:
+    def _join_waitlist(self, visitor: _Visitor, product: Product) -> bool:
+        """Identify if needed, then join; False when a restock landed while the visitor filled in the form."""
         if visitor.user_id is None:
             # The "notify me" form asks for an email address, which identifies the visitor.
             self._step(visitor, 10, 40)
@@ -620,8 +659,12 @@ class _Day:
             if self.rng.random() < _P_EMAIL_AT_WAITLIST:
                 self._grant(visitor, "form")
         self._step(visitor, 1, 5)
+        if self._in_stock(product, visitor.t):
+            return False
         properties = {"product_id": product.product_id, "variant_id": product.variant_id, "channel": "email"}
         self._track(visitor, "Waitlist Joined", properties)
+        self.waitlist_joins.setdefault(product.variant_id, []).append(visitor.t)
+        return True
 
     def _leave_waitlist(self, visitor: _Visitor, product: Product) -> None:
         later = self._later(visitor.t)

@@ -46,7 +46,9 @@ class Settings(BaseSettings):
     retry_max_age: float = Field(
         86400.0, gt=0, description="Seconds after which a delivery that keeps failing is marked dead (24 h)."
     )
-    projection_batch_size: int = Field(500, ge=1, description="Raw events projected per transaction.")
+    projection_batch_size: int = Field(
+        100, ge=1, description="Raw events projected per transaction (bounds how long SQLite's write lock is held)."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     @property

@@ -44,6 +44,8 @@ def main(ctx: Context) -> None:
     Configuration comes from ESPBRIDGE_* environment variables (see the README).
     """
     logging.basicConfig(level=ctx.settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("httpx", "alembic"):  # one line per request / per migration step is noise at INFO
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @main.command()

@@ -27,7 +27,7 @@ class ProjectionError(Exception):
     """An event whose content cannot be applied; the message says why (stored on the event)."""
 
 
-def project_pending(db: Database, store_id: int, *, batch_size: int = 500) -> int:
+def project_pending(db: Database, store_id: int, *, batch_size: int = 100) -> int:
     """Project up to ``batch_size`` of the store's pending events, oldest first; returns how many."""
     with db.reader() as session:
         if not _has_pending(session, store_id):
