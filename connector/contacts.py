@@ -96,7 +96,7 @@ def detail(session: Session, store_id: int, contact_id: int) -> dict[str, Any]:
         "consent": {
             state.channel: {"status": state.status, "since": state.occurred_at.isoformat()} for state in consent
         },
-        "orders": {"count": orders[0], "total": from_cents(int(orders[1]))},
+        "orders": {"count": orders[0], "total": from_cents(int(orders[1] or 0))},
         "events": {"count": event_count or 0},
         "cart": _open_cart(session, store_id, contact.id),
         "waitlist": [

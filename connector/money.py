@@ -21,11 +21,16 @@ def to_cents(value: Any) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("must be a number")
+    text = str(value).strip()
+    # Decimal() also reads "1_000" and non-ASCII digits ("١٢"); neither is a number a JSON client writes.
+    if "_" in text or not text.isascii():
+        raise ValueError("must be a number")
     try:
-        amount = Decimal(str(value).strip())
+        amount = Decimal(text)
     except InvalidOperation:
         raise ValueError("must be a number") from None
-    if not amount.is_finite() or abs(amount) >= MAX_ABS_AMOUNT:
+    # copy_abs(), not abs(): abs() applies the context and raises decimal.Overflow for "1e999999999".
+    if not amount.is_finite() or amount.copy_abs() >= MAX_ABS_AMOUNT:
         raise ValueError("out of range")
     return int((amount * 100).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 

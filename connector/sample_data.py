@@ -108,30 +108,31 @@ _BRANDS = ("Tideline", "Marlow Goods", "Brightwater", "Kestrel & Co", "Northbay 
 _FIRST_NAMES = (
     "Anna", "Ben", "Chloe", "David", "Elena", "Felix", "Grace", "Hugo", "Ines", "Jonas", "Klara", "Liam",
     "Maya", "Noah", "Olivia", "Paul", "Rosa", "Sam", "Tara", "Umar", "Vera", "Will", "Yara", "Zoe",
-)  # fmt: skip
+)
 _LAST_NAMES = (
     "Andersen", "Becker", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Hansen", "Ivanova", "Jensen",
     "Keller", "Lambert", "Moreau", "Nielsen", "Okafor", "Peters", "Rossi", "Schmidt", "Tanaka", "Vogel",
-)  # fmt: skip
+)
 _EU_PLACES = (
     ("Berlin", "DE", "de-DE"), ("Hamburg", "DE", "de-DE"), ("Munich", "DE", "de-DE"),
     ("Paris", "FR", "fr-FR"), ("Lyon", "FR", "fr-FR"), ("Amsterdam", "NL", "nl-NL"),
     ("Madrid", "ES", "es-ES"), ("Barcelona", "ES", "es-ES"), ("Milan", "IT", "it-IT"),
     ("Vienna", "AT", "de-AT"), ("Dublin", "IE", "en-IE"), ("Lisbon", "PT", "pt-PT"),
     ("Brussels", "BE", "fr-BE"), ("Helsinki", "FI", "fi-FI"),
-)  # fmt: skip
+)
 _US_PLACES = (
     ("New York", "US", "en-US"), ("Chicago", "US", "en-US"), ("Austin", "US", "en-US"),
     ("Seattle", "US", "en-US"), ("Denver", "US", "en-US"), ("Boston", "US", "en-US"),
     ("Los Angeles", "US", "en-US"), ("Miami", "US", "es-US"), ("Portland", "US", "en-US"),
     ("Atlanta", "US", "en-US"),
-)  # fmt: skip
+)
 _USER_AGENTS = (
     "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/18.1 Mobile/15E148 Safari/604.1",
     "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Mobile Safari/537.36",
-    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0",
     "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/605.1.15 (KHTML, like Gecko) "
     "Version/18.1 Safari/605.1.15",
     "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
@@ -268,9 +269,8 @@ def batches(messages: Sequence[dict[str, Any]], size: int = 100) -> Iterator[lis
     Generated messages are under 4 KB each, so 100 per batch stays far below the 500 KB batch limit.
     """
     if size < 1:
-        raise ValueError("size must be >= 1")
-    for start in range(0, len(messages), size):
-        yield list(messages[start : start + size])
+        raise ValueError("size must be >= 1")  # raised at the call, not at the first next()
+    return (list(messages[start : start + size]) for start in range(0, len(messages), size))
 
 
 def _money(cents: int) -> float:
@@ -491,9 +491,8 @@ class _Day:
             category = rng.choice(_CATEGORIES).name
             self._page(visitor, f"/collections/{category.lower()}", "Collection", category, category)
         if returning:
-            self._step(visitor, 5, 30)
-            self._page(visitor, "/account/login", "Log In", "Log In")
-            self._step(visitor, 10, 40)
+            # Still logged in from an earlier visit: the storefront re-identifies them on arrival.
+            self._step(visitor, 1, 3)
             self._emit(visitor.t, "identify", {"traits": visitor.traits()}, visitor)
 
         carting = rng.random() < (_P_CART_RETURNING if returning else _P_CART)

@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr | None = Field(
         None,
-        description="Signs admin sessions. Unset: a random key per process (sessions do not survive restarts).",
+        description="Flask secret key for signed cookies. Unset: a random key per process (not shared by workers).",
     )
     host: str = Field("127.0.0.1", description="Address `espbridge serve` binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `espbridge serve` listens on.")

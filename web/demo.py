@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,10 @@ def run_demo(*, customers: int, port: int, db_path: str, exit_after: bool, as_js
     for stale in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         stale.unlink(missing_ok=True)
     database_url = f"sqlite:///{path}"
-    say = (lambda _msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+
+    def say(message: str) -> None:
+        if not as_json:
+            click.echo(message, err=True)
 
     say(f"• creating {path.name} and migrating it")
     db = connect(database_url)
@@ -107,7 +111,7 @@ def _wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
     raise click.ClickException(f"espbridge serve did not answer within {READY_TIMEOUT:.0f} s")
 
 
-def _replay(http: httpx.Client, write_key: str, messages: list[dict[str, Any]], say: Any) -> None:
+def _replay(http: httpx.Client, write_key: str, messages: list[dict[str, Any]], say: Callable[[str], None]) -> None:
     chunks = list(batches(messages, 100))
     with click.progressbar(chunks, label="  sending the storefront day", file=sys.stderr, show_pos=True) as bar:
         for chunk in bar:
@@ -117,7 +121,7 @@ def _replay(http: httpx.Client, write_key: str, messages: list[dict[str, Any]], 
     say(f"• {len(messages)} messages acknowledged (committed)")
 
 
-def _settle(http: httpx.Client, token: str, say: Any) -> dict[str, Any]:
+def _settle(http: httpx.Client, token: str, say: Callable[[str], None]) -> dict[str, Any]:
     """Wait until every event is projected and every outbox row delivered, showing progress."""
     headers = {"Authorization": f"Bearer {token}"}
     deadline = time.monotonic() + SETTLE_TIMEOUT

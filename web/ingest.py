@@ -7,6 +7,7 @@ field and reason; the valid ones of the same batch are stored all the same.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import zlib
 from typing import Any
 
@@ -27,6 +28,9 @@ from . import get_runtime
 from .errors import error_response
 
 bp = Blueprint("ingest", __name__, url_prefix="/v1")
+
+#: JSON escapes of characters the store cannot hold: NUL and UTF-16 surrogates (hex digits in either case).
+_UNSTORABLE_ESCAPE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 #: Batch-envelope fields Segment lets a batch set once for all its messages.
 ENVELOPE_DEFAULTS = ("context", "integrations")
@@ -74,7 +78,7 @@ def _ingest(kind: str | None) -> Response:
         items,
         received_at=received_at,
         check_size=kind is None and len(body) > MAX_MESSAGE_BYTES,
-        check_nul=b"\\u0000" in body,
+        check_nul=_UNSTORABLE_ESCAPE.search(body) is not None,
         defaults=defaults,
     )
     runtime = get_runtime()

@@ -11,6 +11,7 @@ import datetime as dt
 import hashlib
 import json
 import math
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -146,14 +147,17 @@ class Accepted:
 def parse_json(body: bytes) -> Any:
     """Decode a request body; raise ValueError with a client-facing reason.
 
-    NaN/Infinity are refused: they are not JSON, and PostgreSQL's jsonb cannot store them.
+    NaN/Infinity are refused: they are not JSON, and PostgreSQL's jsonb cannot store them. The body must be
+    UTF-8 (RFC 8259): ``json.loads`` on bytes would also take UTF-16/32, and UTF-8-encoded surrogates.
     """
     try:
-        return json.loads(body, parse_constant=_refuse_constant, parse_float=_finite_float)
-    except RecursionError:
-        raise ValueError("JSON is nested too deeply") from None
+        text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError("body is not UTF-8") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("JSON is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
 
@@ -181,8 +185,9 @@ def validate_messages(
 
     ``check_size`` is False when the whole body is under the per-message limit (no message can exceed it),
     which saves re-encoding every message on the hot path; likewise ``check_nul`` is False when the body has
-    no ``\\u0000`` escape (a raw NUL byte is already invalid JSON). ``defaults`` are batch-level fields (Segment's
-    ``context``/``integrations`` on the batch envelope) that messages inherit.
+    no ``\\u0000`` nor ``\\ud800``-``\\udfff`` escape, the only ways to spell the characters the store cannot
+    hold (a raw NUL byte is already invalid JSON, a raw surrogate invalid UTF-8). ``defaults`` are batch-level
+    fields (Segment's ``context``/``integrations`` on the batch envelope) that messages inherit.
     """
     accepted: list[Accepted] = []
     errors: list[MessageError] = []
@@ -209,10 +214,10 @@ def _validate_one(
         item = {**defaults, **item}
     raw_id = item.get("messageId")
     message_id = raw_id if isinstance(raw_id, str) else None
-    encoded: str | None = None
     if check_size:
-        encoded = json.dumps(item, separators=(",", ":"))
-        if len(encoded.encode()) > MAX_MESSAGE_BYTES:
+        # UTF-8 bytes, as clients count them (ASCII escapes would triple the size of non-Latin text).
+        size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "surrogatepass"))
+        if size > MAX_MESSAGE_BYTES:
             return MessageError(index, "", f"message exceeds {MAX_MESSAGE_BYTES // 1024} KB", message_id)
     if "type" not in item:
         return MessageError(index, "type", f"required; one of {', '.join(MESSAGE_TYPES)}", message_id)
@@ -227,9 +232,9 @@ def _validate_one(
         if not field and reason.startswith("userId or anonymousId"):
             field = "userId"
         return MessageError(index, field, reason, message_id)
-    nul_path = _find_nul(item) if check_nul else None
-    if nul_path is not None:
-        return MessageError(index, nul_path, "contains a NUL character (\\u0000), which cannot be stored", message_id)
+    unstorable = _find_unstorable(item) if check_nul else None
+    if unstorable is not None:
+        return MessageError(index, *unstorable, message_id)
     timestamp = message.timestamp or received_at
     try:
         # Segment reads a timestamp without an offset as UTC.
@@ -238,7 +243,8 @@ def _validate_one(
         return MessageError(index, "timestamp", "out of range", message_id)
     if message.messageId is None:
         # No id means no idempotency key from the client; a content hash makes exact retries dedupe.
-        encoded = encoded or json.dumps(item, separators=(",", ":"), sort_keys=True)
+        # Sorted keys: the same content gets the same id whatever its key order or the batch it arrives in.
+        encoded = json.dumps(item, separators=(",", ":"), sort_keys=True)
         message_id = "auto-" + hashlib.sha256(encoded.encode()).hexdigest()[:40]
     else:
         message_id = message.messageId
@@ -253,23 +259,33 @@ def _validate_one(
     )
 
 
-def _find_nul(value: Any, path: str = "") -> str | None:
-    """The path of the first string (or key) containing U+0000, else None."""
+#: Characters PostgreSQL cannot store: NUL (in text and jsonb) and lone UTF-16 surrogates (not UTF-8).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _find_unstorable(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The path of the first string (or key) with a character the store cannot hold, and why; else None."""
     stack: list[tuple[str, Any]] = [(path, value)]
     while stack:
         where, node = stack.pop()
         if isinstance(node, str):
-            if "\x00" in node:
-                return where
+            if _UNSTORABLE.search(node):
+                return where, _unstorable_reason(node)
         elif isinstance(node, dict):
             for key, child in node.items():
                 child_path = f"{where}.{key}" if where else str(key)
-                if "\x00" in key:
-                    return child_path
+                if _UNSTORABLE.search(key):
+                    return child_path, _unstorable_reason(key)
                 stack.append((child_path, child))
         elif isinstance(node, list):
             stack.extend((f"{where}[{i}]", child) for i, child in enumerate(node))
     return None
+
+
+def _unstorable_reason(text: str) -> str:
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which cannot be stored"
+    return "contains a lone UTF-16 surrogate (\\ud800-\\udfff), which is not valid Unicode text"
 
 
 def _json_type(value: Any) -> str:

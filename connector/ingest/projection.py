@@ -33,8 +33,10 @@ def project_pending(db: Database, store_id: int, *, batch_size: int = 100) -> in
         if not _has_pending(session, store_id):
             return 0  # the common case: a cheap read, no write lock taken
     with db.writer() as session:
-        claimed = session.execute(sa.update(Store).where(Store.id == store_id).values(projected_at=utcnow()))
-        if claimed.rowcount == 0:
+        claimed = session.scalar(
+            sa.update(Store).where(Store.id == store_id).values(projected_at=utcnow()).returning(Store.id)
+        )
+        if claimed is None:
             return 0
         events = session.scalars(
             sa.select(Event)

@@ -13,7 +13,7 @@ from dramatiq.brokers.stub import StubBroker
 from ..settings import Settings
 
 
-class EmbeddedBroker(StubBroker):  # type: ignore[misc]
+class EmbeddedBroker(StubBroker):
     """An in-memory broker for one machine: worker threads in this process consume what it queues.
 
     Losing it (a crash) loses only queued job messages, never data: every pending effect is an outbox row or
@@ -26,5 +26,5 @@ class EmbeddedBroker(StubBroker):  # type: ignore[misc]
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
     if settings.redis_url:
-        return RedisBroker(url=settings.redis_url)
+        return RedisBroker(url=settings.redis_url)  # type: ignore[no-untyped-call]
     return EmbeddedBroker()

@@ -62,7 +62,7 @@ def sweep_stalled(db: Database, send: Callable[[int], object], *, visibility_tim
     return _claim_and_send(db, query, now, send)
 
 
-def _claim_and_send(db: Database, query: sa.Select[tuple[int]], now: dt.datetime, send: Callable[[int], object]) -> int:
+def _claim_and_send(db: Database, query: sa.Select[int], now: dt.datetime, send: Callable[[int], object]) -> int:
     if db.dialect == "postgresql":
         query = query.with_for_update(skip_locked=True)
     with db.writer() as session:

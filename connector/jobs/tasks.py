@@ -40,7 +40,7 @@ class Jobs:
         self.project_events = self._actor(self._project_events, "project_events", max_retries=5)
         self.deliver_outbox = self._actor(self._deliver_outbox, "deliver_outbox", max_retries=0)
 
-    def _actor(self, fn: Any, name: str, **options: Any) -> dramatiq.Actor:
+    def _actor(self, fn: Any, name: str, **options: Any) -> dramatiq.Actor[Any, Any]:
         return dramatiq.Actor(fn, broker=self.broker, actor_name=name, queue_name=QUEUE, priority=0, options=options)
 
     def _project_events(self, store_id: int) -> None:
