@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from . import outbox
-from .fields import OptionalRef, OptionalText, Ref
+from .fields import OptionalRef, OptionalShortText, OptionalText, Ref
 from .money import Cents
 from .store import Product, Variant
 
@@ -23,9 +23,9 @@ class InventoryProperties(BaseModel):
     variant_id: OptionalRef = ""
     quantity: int | None = Field(None, ge=-1_000_000_000, le=1_000_000_000)
     price: Cents = None
-    sku: OptionalText = None
+    sku: OptionalShortText = None
     title: OptionalText = None
-    category: OptionalText = None
+    category: OptionalShortText = None
     url: Url = None
     image_url: Url = None
 

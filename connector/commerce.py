@@ -10,12 +10,12 @@ from __future__ import annotations
 import datetime as dt
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from . import outbox
-from .fields import OptionalRef, OptionalText, Ref
-from .money import Cents
+from .fields import OptionalRef, OptionalShortText, OptionalText, Ref
+from .money import MAX_ABS_CENTS, Cents
 from .store import Cart, CartItem, Contact, Order, OrderItem, WaitlistEntry
 
 
@@ -23,10 +23,10 @@ class ProductLine(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     product_id: Ref
-    variant: OptionalText = None
-    sku: OptionalText = None
+    variant: OptionalShortText = None
+    sku: OptionalShortText = None
     name: OptionalText = None
-    category: OptionalText = None
+    category: OptionalShortText = None
     price: Cents = None
     quantity: int = Field(1, ge=0, le=1_000_000)
 
@@ -60,9 +60,17 @@ class OrderProperties(BaseModel):
     discount: Cents = None
     shipping: Cents = None
     tax: Cents = None
-    coupon: OptionalText = None
+    coupon: OptionalShortText = None
     currency: str | None = Field(None, min_length=3, max_length=3)
     products: list[ProductLine] = Field(default_factory=list)
+
+    @field_validator("products")
+    @classmethod
+    def _lines_add_up_to_an_amount(cls, products: list[ProductLine]) -> list[ProductLine]:
+        # Each price is bounded, but price x quantity summed over the lines is the subtotal we store.
+        if abs(sum((line.price or 0) * line.quantity for line in products)) >= MAX_ABS_CENTS:
+            raise ValueError("the lines add up to more than any order can hold")
+        return products
 
 
 class OrderRefProperties(BaseModel):
@@ -233,6 +241,9 @@ def _touched(session: Session, store_id: int, cart: Cart, at: dt.datetime) -> No
 def _convert_cart(
     session: Session, store_id: int, contact: Contact | None, props: OrderProperties, at: dt.datetime
 ) -> None:
+    converted = sa.select(Cart.id).where(Cart.store_id == store_id, Cart.order_id == props.order_id).limit(1)
+    if session.scalar(converted) is not None:
+        return  # a resent Order Completed: its cart is converted, and a cart opened since is another one
     cart_id = props.cart_id or props.checkout_id
     query = sa.select(Cart).where(Cart.store_id == store_id, Cart.status.in_(["open", "checkout"]))
     if cart_id is not None:

@@ -60,13 +60,11 @@ def resolve(
     if not wanted:
         return None
     found = _lookup(session, store_id, wanted)
-    contacts = {identity.contact_id for identity in found.values()}
-    if not contacts:
+    contact = _choose_and_merge(session, store_id, found, user_id) if found else None
+    if contact is None:
         contact = Contact(store_id=store_id, external_id=user_id, email=email, properties={})
         session.add(contact)
         session.flush()
-    else:
-        contact = _choose_and_merge(session, store_id, found, user_id)
     for kind, value in wanted:
         if (kind, value) not in found:
             _link(session, store_id, contact, kind, value, user_id)
@@ -128,26 +126,39 @@ def _lookup(session: Session, store_id: int, wanted: Iterable[tuple[str, str]]) 
 
 def _choose_and_merge(
     session: Session, store_id: int, found: dict[tuple[str, str], Identity], user_id: str | None
-) -> Contact:
+) -> Contact | None:
+    """The contact the found ids lead to, with the others merged into it where they may be the same person.
+
+    None when every found contact is another known person than ``user_id``: a userId seen for the first time
+    on a shared anonymousId or email starts a contact of its own.
+    """
+    contacts: list[Contact] = []
+    for contact_id in sorted({identity.contact_id for identity in found.values()}):
+        contact = session.get(Contact, contact_id)
+        assert contact is not None and contact.store_id == store_id
+        contacts.append(contact)
     by_user = found.get((IdentityKind.USER_ID, user_id)) if user_id else None
-    ids = sorted({identity.contact_id for identity in found.values()})
-    survivor_id = by_user.contact_id if by_user else ids[0]
-    survivor = session.get(Contact, survivor_id)
-    assert survivor is not None and survivor.store_id == store_id
-    for other_id in ids:
-        if other_id == survivor_id:
+    if by_user is not None:
+        survivor = next(c for c in contacts if c.id == by_user.contact_id)
+    else:
+        candidates = [c for c in contacts if not _distinct_people(c.external_id, user_id)]
+        if not candidates:
+            return None
+        survivor = candidates[0]
+    for other in contacts:
+        if other.id == survivor.id:
             continue
-        other = session.get(Contact, other_id)
-        assert other is not None and other.store_id == store_id
-        if _distinct_people(survivor, other):
+        # The survivor is about to be user_id if it is nobody yet; compare with whom it will be.
+        if _distinct_people(survivor.external_id or user_id, other.external_id):
             log.info("store %s: not merging contacts %s and %s (different userIds)", store_id, survivor.id, other.id)
             continue
         merge(session, store_id, survivor=survivor, merged=other)
     return survivor
 
 
-def _distinct_people(a: Contact, b: Contact) -> bool:
-    return a.external_id is not None and b.external_id is not None and a.external_id != b.external_id
+def _distinct_people(a: str | None, b: str | None) -> bool:
+    """Two userIds that differ are two known people, never to be merged."""
+    return a is not None and b is not None and a != b
 
 
 def _link(session: Session, store_id: int, contact: Contact, kind: str, value: str, user_id: str | None) -> None:

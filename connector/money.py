@@ -9,6 +9,7 @@ from pydantic import BeforeValidator
 
 #: Bigger than any real order and safely inside a 64-bit integer of cents.
 MAX_ABS_AMOUNT = Decimal("1e13")
+MAX_ABS_CENTS = int(MAX_ABS_AMOUNT * 100)
 
 
 def to_cents(value: Any) -> int | None:

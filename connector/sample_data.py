@@ -106,24 +106,79 @@ _CATEGORIES = (
 _ADJECTIVES = ("Classic", "Everyday", "Heritage", "Organic", "Alpine", "Coastal", "Studio", "Nordic", "Bold")
 _BRANDS = ("Tideline", "Marlow Goods", "Brightwater", "Kestrel & Co", "Northbay Supply")
 _FIRST_NAMES = (
-    "Anna", "Ben", "Chloe", "David", "Elena", "Felix", "Grace", "Hugo", "Ines", "Jonas", "Klara", "Liam",
-    "Maya", "Noah", "Olivia", "Paul", "Rosa", "Sam", "Tara", "Umar", "Vera", "Will", "Yara", "Zoe",
+    "Anna",
+    "Ben",
+    "Chloe",
+    "David",
+    "Elena",
+    "Felix",
+    "Grace",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Klara",
+    "Liam",
+    "Maya",
+    "Noah",
+    "Olivia",
+    "Paul",
+    "Rosa",
+    "Sam",
+    "Tara",
+    "Umar",
+    "Vera",
+    "Will",
+    "Yara",
+    "Zoe",
 )
 _LAST_NAMES = (
-    "Andersen", "Becker", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Hansen", "Ivanova", "Jensen",
-    "Keller", "Lambert", "Moreau", "Nielsen", "Okafor", "Peters", "Rossi", "Schmidt", "Tanaka", "Vogel",
+    "Andersen",
+    "Becker",
+    "Costa",
+    "Dubois",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Hansen",
+    "Ivanova",
+    "Jensen",
+    "Keller",
+    "Lambert",
+    "Moreau",
+    "Nielsen",
+    "Okafor",
+    "Peters",
+    "Rossi",
+    "Schmidt",
+    "Tanaka",
+    "Vogel",
 )
 _EU_PLACES = (
-    ("Berlin", "DE", "de-DE"), ("Hamburg", "DE", "de-DE"), ("Munich", "DE", "de-DE"),
-    ("Paris", "FR", "fr-FR"), ("Lyon", "FR", "fr-FR"), ("Amsterdam", "NL", "nl-NL"),
-    ("Madrid", "ES", "es-ES"), ("Barcelona", "ES", "es-ES"), ("Milan", "IT", "it-IT"),
-    ("Vienna", "AT", "de-AT"), ("Dublin", "IE", "en-IE"), ("Lisbon", "PT", "pt-PT"),
-    ("Brussels", "BE", "fr-BE"), ("Helsinki", "FI", "fi-FI"),
+    ("Berlin", "DE", "de-DE"),
+    ("Hamburg", "DE", "de-DE"),
+    ("Munich", "DE", "de-DE"),
+    ("Paris", "FR", "fr-FR"),
+    ("Lyon", "FR", "fr-FR"),
+    ("Amsterdam", "NL", "nl-NL"),
+    ("Madrid", "ES", "es-ES"),
+    ("Barcelona", "ES", "es-ES"),
+    ("Milan", "IT", "it-IT"),
+    ("Vienna", "AT", "de-AT"),
+    ("Dublin", "IE", "en-IE"),
+    ("Lisbon", "PT", "pt-PT"),
+    ("Brussels", "BE", "fr-BE"),
+    ("Helsinki", "FI", "fi-FI"),
 )
 _US_PLACES = (
-    ("New York", "US", "en-US"), ("Chicago", "US", "en-US"), ("Austin", "US", "en-US"),
-    ("Seattle", "US", "en-US"), ("Denver", "US", "en-US"), ("Boston", "US", "en-US"),
-    ("Los Angeles", "US", "en-US"), ("Miami", "US", "es-US"), ("Portland", "US", "en-US"),
+    ("New York", "US", "en-US"),
+    ("Chicago", "US", "en-US"),
+    ("Austin", "US", "en-US"),
+    ("Seattle", "US", "en-US"),
+    ("Denver", "US", "en-US"),
+    ("Boston", "US", "en-US"),
+    ("Los Angeles", "US", "en-US"),
+    ("Miami", "US", "es-US"),
+    ("Portland", "US", "en-US"),
     ("Atlanta", "US", "en-US"),
 )
 _USER_AGENTS = (
@@ -355,9 +410,7 @@ class _Day:
         seconds, millis = divmod(rest, 1000)
         return f"{self.prefix}{hours:02d}:{minutes:02d}:{seconds:02d}.{millis:03d}Z"
 
-    def _emit(
-        self, ms: int, kind: str, body: dict[str, Any], visitor: _Visitor | None, *, web: bool = True
-    ) -> None:
+    def _emit(self, ms: int, kind: str, body: dict[str, Any], visitor: _Visitor | None, *, web: bool = True) -> None:
         message: dict[str, Any] = {"type": kind, "messageId": self._uuid(), "timestamp": self._stamp(ms)}
         if visitor is not None:
             if visitor.user_id is not None:
@@ -506,11 +559,7 @@ class _Day:
             product = self._pick()
             self._view(visitor, product)
             if not self._in_stock(product, visitor.t):
-                if (
-                    product not in waitlisted
-                    and rng.random() < _P_WAITLIST
-                    and self._join_waitlist(visitor, product)
-                ):
+                if product not in waitlisted and rng.random() < _P_WAITLIST and self._join_waitlist(visitor, product):
                     waitlisted.append(product)
             elif carting and len(cart) < wanted_lines and all(line.product != product for line in cart):
                 self._add(visitor, cart_id, cart, product)
@@ -590,16 +639,12 @@ class _Day:
         line = _Line(product, self.rng.choices((1, 2, 3), weights=(75, 20, 5))[0])
         cart.append(line)
         self._step(visitor, 3, 30)
-        self._track(
-            visitor, "Product Added", {"cart_id": cart_id, **self._line(line), "currency": self.currency}
-        )
+        self._track(visitor, "Product Added", {"cart_id": cart_id, **self._line(line), "currency": self.currency})
 
     def _remove(self, visitor: _Visitor, cart_id: str, cart: list[_Line]) -> None:
         line = cart.pop(self.rng.randrange(len(cart)))
         self._step(visitor, 5, 30)
-        self._track(
-            visitor, "Product Removed", {"cart_id": cart_id, **self._line(line), "currency": self.currency}
-        )
+        self._track(visitor, "Product Removed", {"cart_id": cart_id, **self._line(line), "currency": self.currency})
 
     def _identify(self, visitor: _Visitor) -> None:
         if visitor.user_id is None:

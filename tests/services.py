@@ -177,8 +177,7 @@ def find_postgres_bindir() -> Path:
             return cand
     searched = ", ".join(str(c) for c in candidates) or "nothing found"
     raise ServiceError(
-        f"PostgreSQL server binaries (initdb, pg_ctl, postgres) not found (searched: {searched}); "
-        f"{INSTALL_HINT}"
+        f"PostgreSQL server binaries (initdb, pg_ctl, postgres) not found (searched: {searched}); {INSTALL_HINT}"
     )
 
 
@@ -194,9 +193,7 @@ def _pg_os_user() -> tuple[list[str], int, int] | None:
         ) from exc
     runuser = shutil.which("runuser") or "/usr/sbin/runuser"
     if not os.access(runuser, os.X_OK):
-        raise ServiceError(
-            "running as root but `runuser` (util-linux) is missing; apt-get install -y util-linux"
-        )
+        raise ServiceError("running as root but `runuser` (util-linux) is missing; apt-get install -y util-linux")
     return [runuser, "-u", PG_OS_USER, "--"], pw.pw_uid, pw.pw_gid
 
 
@@ -469,9 +466,7 @@ class RedisServer:
                     f"--- {self.logfile} (tail) ---\n{_tail(self.logfile)}"
                 )
             try:
-                with redis.Redis(
-                    host=HOST, port=self.port, socket_timeout=1, socket_connect_timeout=1
-                ) as client:
+                with redis.Redis(host=HOST, port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
                     if client.ping():
                         return
             except redis.RedisError:

@@ -22,6 +22,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         response = error_response(exc.code or 500, exc.description or exc.name)
+        # Keep what the exception adds beyond its HTML body, such as a 405's Allow header.
+        for name, value in exc.get_headers():
+            if name.lower() != "content-type":
+                response.headers[name] = value
         if exc.code == 413:
             response.data = error_response(413, "request body too large").data
         if exc.code == 401:

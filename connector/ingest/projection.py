@@ -67,7 +67,7 @@ def _project(session: Session, event: Event) -> int | None:
     if event.type == "alias":
         contact = identity.alias(session, store_id, str(payload["previousId"]), str(payload["userId"]))
         return contact.id if contact else None
-    traits = payload.get("traits") if event.type == "identify" else None
+    traits = _identify_traits(payload) if event.type == "identify" else None
     contact = identity.resolve(
         session,
         store_id,
@@ -168,6 +168,19 @@ _TRAIT_COLUMNS = {
     "timezone": "timezone",
 }
 _COLUMN_LIMITS = {"email": 320, "phone": 32, "first_name": 200, "last_name": 200, "timezone": 64}
+
+
+def _identify_traits(payload: dict[str, Any]) -> dict[str, Any] | None:
+    """An identify's traits: Segment's clients send them at the top level, RudderStack's in ``context.traits``.
+
+    Both are read (the top level wins a clash), so a storefront instrumented with either library works.
+    """
+    context = payload.get("context")
+    nested = context.get("traits") if isinstance(context, dict) else None
+    top = payload.get("traits")
+    if not isinstance(nested, dict):
+        return top if isinstance(top, dict) else None
+    return {**nested, **top} if isinstance(top, dict) else nested
 
 
 def _apply_traits(contact: Contact, traits: dict[str, Any], context: dict[str, Any]) -> None:

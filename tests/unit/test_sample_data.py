@@ -16,9 +16,7 @@ from connector.sample_data import DEFAULT_DAY, STORE_URL, batches, catalog, stor
 
 Message = dict[str, Any]
 
-DOCUMENTATION_NETWORKS = [
-    ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
-]
+DOCUMENTATION_NETWORKS = [ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")]
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +48,7 @@ def people_with(messages: list[Message], name: str) -> set[str]:
 
 def test_same_seed_same_day_and_other_seeds_differ(day: list[Message]) -> None:
     assert storefront_day() == day
-    assert json.dumps(storefront_day(customers=20, seed=3)) == json.dumps(
-        storefront_day(customers=20, seed=3)
-    )
+    assert json.dumps(storefront_day(customers=20, seed=3)) == json.dumps(storefront_day(customers=20, seed=3))
     other = storefront_day(seed=8)
     assert other != day
     assert {m["messageId"] for m in other}.isdisjoint(m["messageId"] for m in day)
