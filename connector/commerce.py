@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from . import outbox
-from .fields import OptionalRef, OptionalShortText, OptionalText, Ref
+from .fields import OptionalShortText, OptionalText, Ref
 from .money import MAX_ABS_CENTS, Cents
 from .store import Cart, CartItem, Contact, Order, OrderItem, WaitlistEntry
 
@@ -38,13 +38,13 @@ class ProductLine(BaseModel):
 class CartProperties(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    cart_id: OptionalRef | None = None
+    cart_id: OptionalShortText = None
     currency: str | None = Field(None, min_length=3, max_length=3)
     products: list[ProductLine] | None = None
 
 
 class CartLineProperties(ProductLine):
-    cart_id: OptionalRef | None = None
+    cart_id: OptionalShortText = None
     currency: str | None = Field(None, min_length=3, max_length=3)
 
 
@@ -52,8 +52,8 @@ class OrderProperties(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     order_id: Ref
-    checkout_id: OptionalRef | None = None
-    cart_id: OptionalRef | None = None
+    checkout_id: OptionalShortText = None
+    cart_id: OptionalShortText = None
     total: Cents = None
     revenue: Cents = None
     subtotal: Cents = None

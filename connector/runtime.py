@@ -8,11 +8,13 @@ import time
 
 import dramatiq
 
+from .ingest.committer import GroupCommitter
 from .jobs.broker import build_broker
 from .jobs.relay import Relay
 from .jobs.tasks import Jobs
 from .settings import Settings
 from .store import Database, connect
+from .tenancy import WriteKeyCache
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +33,8 @@ class Runtime:
         self.broker = broker or build_broker(settings)
         self.jobs = Jobs(settings=settings, db=self.db, broker=self.broker)
         self.relay = Relay(self.jobs)
+        self.committer = GroupCommitter(self.db)
+        self.write_keys = WriteKeyCache(self.db)
         self._worker: dramatiq.Worker | None = None
         self._last_kick: dict[int, float] = {}
         self._kick_lock = threading.Lock()
@@ -54,6 +58,7 @@ class Runtime:
             log.warning("could not enqueue projection for store %s; the relay will", store_id, exc_info=True)
 
     def close(self) -> None:
+        self.committer.close()
         self.relay.stop()
         if self._worker is not None:
             self._worker.stop(timeout=10_000)

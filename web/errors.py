@@ -9,6 +9,8 @@ from flask import Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from connector.ingest.committer import CommitTimeout
+
 log = logging.getLogger(__name__)
 
 
@@ -33,9 +35,10 @@ def init_app(app: Flask) -> None:
         return response
 
     @app.errorhandler(OperationalError)
-    def _database_unavailable(exc: OperationalError) -> Response:
-        # The store is down or locked: nothing was acknowledged, so the client should retry.
-        log.error("database unavailable: %s", exc.orig)
+    @app.errorhandler(CommitTimeout)
+    def _database_unavailable(exc: OperationalError | CommitTimeout) -> Response:
+        # The store is down, locked or slow: nothing was acknowledged, and a retry is safe (messageIds dedupe).
+        log.error("database unavailable: %s", getattr(exc, "orig", exc))
         response = error_response(503, "the store is temporarily unavailable; retry later")
         response.headers["Retry-After"] = "5"
         return response

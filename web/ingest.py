@@ -22,7 +22,6 @@ from connector.ingest.messages import (
     parse_json,
     validate_messages,
 )
-from connector.tenancy import WriteKeyCache
 
 from . import get_runtime
 from .errors import error_response
@@ -82,7 +81,7 @@ def _ingest(kind: str | None) -> Response:
         defaults=defaults,
     )
     runtime = get_runtime()
-    stored = store_events(runtime.db, store_id, accepted, received_at)
+    stored = store_events(runtime.committer, store_id, accepted, received_at)
     if stored:
         runtime.kick_projection(store_id)
     return _answer(kind, len(accepted), stored, errors)
@@ -92,11 +91,7 @@ def _authenticate() -> int | None:
     auth = request.authorization
     if auth is None or auth.type != "basic" or not auth.username:
         return None
-    runtime = get_runtime()
-    cache: WriteKeyCache | None = getattr(runtime, "write_keys", None)
-    if cache is None:
-        cache = runtime.write_keys = WriteKeyCache(runtime.db)  # type: ignore[attr-defined]
-    return cache.store_for(auth.username)
+    return get_runtime().write_keys.store_for(auth.username)
 
 
 def _read_body(limit: int) -> bytes:

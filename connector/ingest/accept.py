@@ -1,4 +1,4 @@
-"""Durable acceptance: accepted messages become ``events`` rows in one statement and one commit."""
+"""Durable acceptance: accepted messages become ``events`` rows, committed before the request is answered."""
 
 from __future__ import annotations
 
@@ -7,27 +7,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 
 from ..store import Database, Event
+from .committer import GroupCommitter
 from .messages import Accepted
 
 
-def store_events(db: Database, store_id: int, messages: Sequence[Accepted], received_at: dt.datetime) -> int:
+def store_events(
+    committer: GroupCommitter, store_id: int, messages: Sequence[Accepted], received_at: dt.datetime
+) -> int:
     """Insert ``messages`` for ``store_id`` and commit; returns how many were new (the rest were duplicates).
 
     Duplicate messageIds are ignored by the unique (store_id, message_id) constraint, which makes client retries
     idempotent; within one request the first occurrence wins. When this returns, the rows are committed, so the
     caller may acknowledge.
     """
-    if not messages:
-        return 0
-    rows = _rows(store_id, messages, received_at)
-    dialect = postgresql if db.dialect == "postgresql" else sqlite
-    statement = dialect.insert(Event).on_conflict_do_nothing(index_elements=["store_id", "message_id"])
-    with db.writer() as session:
-        result = session.execute(statement.returning(Event.id), rows)
-        return len(result.all())
+    return committer.submit(store_id, _rows(store_id, messages, received_at))
 
 
 def _rows(store_id: int, messages: Sequence[Accepted], received_at: dt.datetime) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ Exactly once: a batch of events is projected and marked ``projected_at`` in one 
 projects the batch again from scratch and never half of it. Projectors of one store are serialised by a
 write on the store's row taken first (a row lock on PostgreSQL, the write lock on SQLite), so two workers
 never project the same event. Each event runs in a savepoint: a bad value costs that event's projection
-(recorded in ``projection_error``), never the batch, and nothing is retried forever.
+(recorded in ``projection_error``), never the batch, and nothing is retried forever; only a database
+that is down (OperationalError) fails the batch, to be projected again later.
 """
 
 from __future__ import annotations
@@ -52,6 +53,13 @@ def project_pending(db: Database, store_id: int, *, batch_size: int = 100) -> in
             except (ProjectionError, ValidationError) as exc:
                 event.projection_error = _describe(exc)
                 log.info("store %s event %s not projected: %s", store_id, event.message_id, event.projection_error)
+            except sa.exc.OperationalError:
+                raise  # the database, not the event: the whole batch is retried
+            except Exception as exc:
+                # A bug met by this event's content. Recording it keeps one event from blocking the store's
+                # projection forever; the event and its payload stay for a replay once the bug is fixed.
+                log.exception("store %s event %s: projection failed", store_id, event.message_id)
+                event.projection_error = f"internal error: {type(exc).__name__}: {exc}"[:1000]
             event.projected_at = now
         return len(events)
 

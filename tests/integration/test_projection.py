@@ -15,6 +15,7 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from connector.errors import AppendOnlyViolation
+from connector.ingest import projection
 from connector.ingest.projection import project_pending
 from connector.store import (
     Cart,
@@ -1264,6 +1265,46 @@ def test_bad_events_get_a_projection_error_and_the_rest_of_the_batch_projects(
         assert count(session, Event, Event.store_id == store.id, Event.projected_at.is_(None)) == 0
         for message_id in ("good-1", "good-2"):
             assert event(session, store.id, message_id).projection_error is None
+
+
+def test_an_event_that_meets_a_bug_is_recorded_and_does_not_block_the_store(
+    client: FlaskClient, db: Database, store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a handler with a bug for one kind of event
+    def broken(*_args: Any) -> None:
+        raise KeyError("oops")
+
+    model, _ = projection.TRACK_HANDLERS["Waitlist Joined"]
+    monkeypatch.setitem(projection.TRACK_HANDLERS, "Waitlist Joined", (model, broken))
+    messages = [
+        track("Waitlist Joined", "buggy", product_id="p1"),
+        track("Product Added", "fine", product_id="p1", quantity=1),
+    ]
+    # When the batch is projected
+    assert ingest_and_project(client, db, store, messages) == 2
+    # Then the event is marked with the error, its savepoint undone, and the next event projected
+    with db.reader() as session:
+        assert event(session, store.id, "buggy").projection_error == "internal error: KeyError: 'oops'"
+        assert event(session, store.id, "fine").projection_error is None
+        assert count(session, Event, Event.store_id == store.id, Event.projected_at.is_(None)) == 0
+
+
+def test_a_database_failure_fails_the_batch_so_it_is_projected_again(
+    client: FlaskClient, db: Database, store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ingest(client, store, [track("Product Added", "m1", product_id="p1", quantity=1)])
+    model, apply = projection.TRACK_HANDLERS["Product Added"]
+
+    def database_gone(*_args: Any) -> None:
+        raise sa.exc.OperationalError("UPDATE", {}, Exception("server closed the connection"))
+
+    monkeypatch.setitem(projection.TRACK_HANDLERS, "Product Added", (model, database_gone))
+    with pytest.raises(sa.exc.OperationalError):
+        project_pending(db, store.id)
+    monkeypatch.setitem(projection.TRACK_HANDLERS, "Product Added", (model, apply))
+    assert project_all(db, store.id) == 1
+    with db.reader() as session:
+        assert event(session, store.id, "m1").projection_error is None
 
 
 def test_concurrent_projectors_project_every_event_exactly_once(
