@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `espbridge serve` binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `espbridge serve` listens on.")
     web_workers: int = Field(2, ge=1, description="gunicorn worker processes for `espbridge serve`.")
-    web_threads: int = Field(4, ge=1, description="Threads per gunicorn worker.")
+    web_threads: int = Field(
+        16, ge=1, description="Threads per gunicorn worker; requests mostly wait on a shared commit, so many pay."
+    )
     worker_threads: int = Field(4, ge=1, description="Dramatiq worker threads (embedded broker or `espbridge worker`).")
     db_pool_size: int = Field(5, ge=1, description="Connections per process in the PostgreSQL pool.")
     relay_interval: float = Field(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,12 @@ PROJECTION_BATCHES_PER_JOB = 20
 
 
 @dataclass
+class _Turn:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    kicked: bool = False
+
+
+@dataclass
 class Jobs:
     """The actors of one process. Build it once per process with the broker the process uses."""
 
@@ -35,6 +43,7 @@ class Jobs:
     db: Database
     broker: dramatiq.Broker
     adapter: EspAdapter = field(default_factory=NoopAdapter)
+    _projection_turns: defaultdict[int, _Turn] = field(default_factory=lambda: defaultdict(_Turn), repr=False)
 
     def __post_init__(self) -> None:
         self.project_events = self._actor(self._project_events, "project_events", max_retries=5)
@@ -44,10 +53,22 @@ class Jobs:
         return dramatiq.Actor(fn, broker=self.broker, actor_name=name, queue_name=QUEUE, priority=0, options=options)
 
     def _project_events(self, store_id: int) -> None:
-        for _ in range(PROJECTION_BATCHES_PER_JOB):
-            if project_pending(self.db, store_id, batch_size=self.settings.projection_batch_size) == 0:
-                return
-        self.project_events.send(store_id)
+        # Every commit kicks a projection job, so many pile up under load; one thread per process works a
+        # store's queue and the others leave at once (they would only wait for its lock), marking the store
+        # kicked so the working thread looks once more before it stops. The relay's tick catches the rest.
+        turn = self._projection_turns[store_id]
+        if not turn.lock.acquire(blocking=False):
+            turn.kicked = True
+            return
+        try:
+            for _ in range(PROJECTION_BATCHES_PER_JOB):
+                turn.kicked = False
+                projected = project_pending(self.db, store_id, batch_size=self.settings.projection_batch_size)
+                if projected == 0 and not turn.kicked:
+                    return
+            self.project_events.send(store_id)
+        finally:
+            turn.lock.release()
 
     def _deliver_outbox(self, row_id: int) -> None:
         with self.db.reader() as session:

@@ -151,3 +151,24 @@ def test_actors_are_bound_to_the_runtime_broker_not_a_global(runtime: Runtime) -
     assert runtime.jobs.project_events.broker is runtime.broker
     assert runtime.jobs.deliver_outbox.broker is runtime.broker
     assert {"project_events", "deliver_outbox"} <= runtime.broker.get_declared_actors()
+
+
+def test_one_thread_per_process_works_a_store_s_projection_and_a_kick_makes_it_look_again(
+    runtime: Runtime, store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = runtime.jobs
+    turn = jobs._projection_turns[store.id]
+    calls: list[int] = []
+
+    def project_pending(_db: Database, store_id: int, *, batch_size: int) -> int:
+        calls.append(store_id)
+        if len(calls) == 1:
+            # A commit lands and kicks while this thread works: the other job leaves at once, marking the kick
+            jobs._project_events(store_id)
+        return 0
+
+    monkeypatch.setattr("connector.jobs.tasks.project_pending", project_pending)
+    jobs._project_events(store.id)
+    # The kicked job did not project (it would only have waited); the working one looked once more instead
+    assert calls == [store.id, store.id]
+    assert not turn.lock.locked()
