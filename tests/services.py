@@ -81,7 +81,7 @@ def free_port() -> int:
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def tail(path: Path, lines: int = 40) -> str:
     try:
         text = path.read_text(errors="replace")
     except OSError as exc:
@@ -352,10 +352,10 @@ def start_postgres(base_dir: Path | None = None) -> PostgresServer:
                     what="pg_ctl start",
                 )
             except ServiceError as exc:
-                last_error = ServiceError(f"{exc}\n--- {logfile} (tail) ---\n{_tail(logfile)}")
+                last_error = ServiceError(f"{exc}\n--- {logfile} (tail) ---\n{tail(logfile)}")
                 with contextlib.suppress(ServiceError):
                     server._kill()  # in case it came up after pg_ctl gave up waiting
-                if "already in use" in _tail(logfile, 10):
+                if "already in use" in tail(logfile, 10):
                     continue  # lost the free_port race: try another port
                 break
             server._pid = _read_postmaster_pid(datadir)
@@ -463,7 +463,7 @@ class RedisServer:
                 self._terminate()
                 raise ServiceError(
                     f"redis-server exited with {code} on port {self.port}\n"
-                    f"--- {self.logfile} (tail) ---\n{_tail(self.logfile)}"
+                    f"--- {self.logfile} (tail) ---\n{tail(self.logfile)}"
                 )
             try:
                 with redis.Redis(host=HOST, port=self.port, socket_timeout=1, socket_connect_timeout=1) as client:
@@ -475,7 +475,7 @@ class RedisServer:
                 self._terminate()
                 raise ServiceError(
                     f"redis-server did not answer PING on port {self.port} within "
-                    f"{REDIS_START_TIMEOUT:.0f}s\n--- {self.logfile} (tail) ---\n{_tail(self.logfile)}"
+                    f"{REDIS_START_TIMEOUT:.0f}s\n--- {self.logfile} (tail) ---\n{tail(self.logfile)}"
                 )
             time.sleep(0.02)
 

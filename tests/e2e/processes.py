@@ -20,20 +20,14 @@ from typing import TypeVar
 import httpx
 import pytest
 
+from tests.services import tail
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT = 45.0
 STOP_TIMEOUT = 25.0
 HOST = "127.0.0.1"
 
 T = TypeVar("T")
-
-
-def tail(path: Path, lines: int = 60) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as exc:
-        return f"<no log at {path}: {exc}>"
-    return "\n".join(text.splitlines()[-lines:]) or "<log is empty>"
 
 
 def wait_until(probe: Callable[[], T], *, timeout: float, interval: float = 0.1, what: str = "condition") -> T:

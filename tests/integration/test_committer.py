@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import threading
 import time
@@ -88,21 +89,27 @@ def hold_first_commit_until(db: Database, committer: GroupCommitter, queued: int
     return released
 
 
+@contextlib.contextmanager
+def commit_in_progress(db: Database, committer: GroupCommitter, store: NewStore, *, queued: int) -> Iterator[None]:
+    """A first request's commit is held while the body submits ``queued`` more; those then commit as one group."""
+    released = hold_first_commit_until(db, committer, queued)
+    first = threading.Thread(target=committer.submit, args=(store.id, [row(store.id, "warm-up")]))
+    first.start()
+    time.sleep(0.05)
+    yield
+    first.join(timeout=30)
+    assert released.is_set()
+
+
 def test_requests_waiting_together_share_one_commit(
     db: Database, committer: GroupCommitter, store: NewStore, commits: list[int]
 ) -> None:
     # Given a commit in progress while five more requests arrive
-    released = hold_first_commit_until(db, committer, queued=5)
-    first = threading.Thread(target=committer.submit, args=(store.id, [row(store.id, "first")]))
-    first.start()
-    time.sleep(0.05)
-    # When they are submitted
-    results = submit_in_threads(
-        committer, [(store.id, [row(store.id, f"m{i}-a"), row(store.id, f"m{i}-b")]) for i in range(5)]
-    )
-    first.join(timeout=30)
+    with commit_in_progress(db, committer, store, queued=5):
+        results = submit_in_threads(
+            committer, [(store.id, [row(store.id, f"m{i}-a"), row(store.id, f"m{i}-b")]) for i in range(5)]
+        )
     # Then the five were committed together, after the first: two commits in all, each told of its own rows
-    assert released.is_set()
     assert results == [2, 2, 2, 2, 2]
     assert len(commits) == 2
     assert len(stored_ids(db, store.id)) == 11
@@ -111,19 +118,15 @@ def test_requests_waiting_together_share_one_commit(
 def test_a_message_id_sent_twice_in_one_group_is_stored_once_and_counted_once(
     db: Database, committer: GroupCommitter, store: NewStore, other_store: NewStore
 ) -> None:
-    hold_first_commit_until(db, committer, queued=3)
-    first = threading.Thread(target=committer.submit, args=(store.id, [row(store.id, "warm-up")]))
-    first.start()
-    time.sleep(0.05)
-    results = submit_in_threads(
-        committer,
-        [
-            (store.id, [row(store.id, "same"), row(store.id, "a")]),
-            (store.id, [row(store.id, "same"), row(store.id, "b")]),
-            (other_store.id, [row(other_store.id, "same")]),
-        ],
-    )
-    first.join(timeout=30)
+    with commit_in_progress(db, committer, store, queued=3):
+        results = submit_in_threads(
+            committer,
+            [
+                (store.id, [row(store.id, "same"), row(store.id, "a")]),
+                (store.id, [row(store.id, "same"), row(store.id, "b")]),
+                (other_store.id, [row(other_store.id, "same")]),
+            ],
+        )
     # The same messageId in one store is one event; in another store it is another message
     assert sorted(results) == [1, 1, 2]
     assert stored_ids(db, store.id) == ["a", "b", "same", "warm-up"]
@@ -133,19 +136,15 @@ def test_a_message_id_sent_twice_in_one_group_is_stored_once_and_counted_once(
 def test_a_failing_request_fails_alone_and_its_group_mates_are_committed(
     db: Database, committer: GroupCommitter, store: NewStore
 ) -> None:
-    hold_first_commit_until(db, committer, queued=3)
-    first = threading.Thread(target=committer.submit, args=(store.id, [row(store.id, "warm-up")]))
-    first.start()
-    time.sleep(0.05)
-    results = submit_in_threads(
-        committer,
-        [
-            (store.id, [row(store.id, "good-1")]),
-            (store.id, [row(store.id, "bad", type=None)]),  # NOT NULL violation
-            (store.id, [row(store.id, "good-2")]),
-        ],
-    )
-    first.join(timeout=30)
+    with commit_in_progress(db, committer, store, queued=3):
+        results = submit_in_threads(
+            committer,
+            [
+                (store.id, [row(store.id, "good-1")]),
+                (store.id, [row(store.id, "bad", type=None)]),  # NOT NULL violation
+                (store.id, [row(store.id, "good-2")]),
+            ],
+        )
     assert results[0] == 1 and results[2] == 1
     assert isinstance(results[1], sa.exc.IntegrityError)
     assert stored_ids(db, store.id) == ["good-1", "good-2", "warm-up"]
