@@ -26,26 +26,22 @@ def store_events(
 
 
 def _rows(store_id: int, messages: Sequence[Accepted], received_at: dt.datetime) -> list[dict[str, Any]]:
-    seen: set[str] = set()
-    rows = []
-    for message in messages:
-        if message.message_id in seen:
-            continue
-        seen.add(message.message_id)
-        rows.append(
-            {
-                "store_id": store_id,
-                "message_id": message.message_id,
-                "type": message.type,
-                "name": message.name,
-                "user_id": message.user_id,
-                "anonymous_id": message.anonymous_id,
-                "timestamp": message.timestamp,
-                "received_at": received_at,
-                "payload": message.payload,
-            }
-        )
-    return rows
+    # A messageId repeated inside the request is left to the committer, which keeps the first of each
+    # (store, messageId) across everything it commits together.
+    return [
+        {
+            "store_id": store_id,
+            "message_id": message.message_id,
+            "type": message.type,
+            "name": message.name,
+            "user_id": message.user_id,
+            "anonymous_id": message.anonymous_id,
+            "timestamp": message.timestamp,
+            "received_at": received_at,
+            "payload": message.payload,
+        }
+        for message in messages
+    ]
 
 
 def pending_projection(db: Database) -> list[int]:
