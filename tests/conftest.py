@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from flask.testing import FlaskClient
 from psycopg import sql
@@ -27,7 +28,7 @@ from psycopg import sql
 from connector import migrate
 from connector.runtime import Runtime
 from connector.settings import Settings
-from connector.store import Database, connect
+from connector.store import Database, Event, connect
 from connector.tenancy import NewStore, create_admin_user, create_store
 from tests.services import PostgresServer, RedisServer, fail_on_service_error, start_postgres, start_redis
 from web import create_app
@@ -183,6 +184,13 @@ def track(event: str, message_id: str, user_id: str | None = "u1", **properties:
     if user_id is not None:
         message["userId"] = user_id
     return message
+
+
+def unprojected(db: Database, store_id: int) -> int:
+    """How many of the store's stored events wait for projection."""
+    query = sa.select(sa.func.count(Event.id)).where(Event.store_id == store_id, Event.projected_at.is_(None))
+    with db.reader() as session:
+        return session.scalar(query) or 0
 
 
 def project_all(db: Database, store_id: int) -> int:

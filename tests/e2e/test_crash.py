@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from connector.store import Database, Event, OutboxRow, OutboxStatus
 from connector.tenancy import NewStore
+from tests.conftest import unprojected
 
 from .conftest import Launcher
 from .processes import wait_until
@@ -125,7 +126,7 @@ def test_kill_9_under_load_loses_no_acknowledged_message(
     # And every stored event is projected and every outbox row delivered: the relay recovered the jobs the
     # killed embedded broker held
     wait_until(lambda: _settled(db, store.id), timeout=RECOVERY_TIMEOUT, what="projection and delivery to finish")
-    assert _unprojected(db, store.id) == 0
+    assert unprojected(db, store.id) == 0
     assert set(_outbox_statuses(db, store.id)) == {OutboxStatus.DONE}
 
 
@@ -139,16 +140,6 @@ def _stored_counts(db: Database, store_id: int) -> dict[str, int]:
     return {message_id: count for message_id, count in rows}
 
 
-def _unprojected(db: Database, store_id: int) -> int:
-    with db.reader() as session:
-        return (
-            session.scalar(
-                sa.select(sa.func.count(Event.id)).where(Event.store_id == store_id, Event.projected_at.is_(None))
-            )
-            or 0
-        )
-
-
 def _outbox_statuses(db: Database, store_id: int) -> dict[str, int]:
     with db.reader() as session:
         rows = session.execute(
@@ -160,7 +151,7 @@ def _outbox_statuses(db: Database, store_id: int) -> dict[str, int]:
 
 
 def _settled(db: Database, store_id: int) -> tuple[int, dict[str, int]] | None:
-    unprojected, statuses = _unprojected(db, store_id), _outbox_statuses(db, store_id)
-    if unprojected == 0 and statuses and set(statuses) == {OutboxStatus.DONE}:
-        return unprojected, statuses
+    pending, statuses = unprojected(db, store_id), _outbox_statuses(db, store_id)
+    if pending == 0 and statuses and set(statuses) == {OutboxStatus.DONE}:
+        return pending, statuses
     return None

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from connector.store import Contact, Database, Event, Order, WaitlistEntry
 from connector.tenancy import NewStore
+from tests.conftest import unprojected
 
 from .processes import REPO_ROOT, ServiceProcess, wait_until
 
@@ -24,8 +25,8 @@ def test_the_segment_storefront_example_lands_a_customer_with_order_consent_and_
 
     def projected() -> bool:
         with db.reader() as session:
-            pending = sa.select(sa.func.count()).where(Event.store_id == store.id, Event.projected_at.is_(None))
-            return session.scalar(pending) == 0 and session.scalar(sa.select(sa.func.count(Event.id))) == 6
+            stored = session.scalar(sa.select(sa.func.count(Event.id)).where(Event.store_id == store.id))
+        return stored == 6 and unprojected(db, store.id) == 0
 
     wait_until(projected, timeout=30, what="the example's six events projected")
     with db.reader() as session:

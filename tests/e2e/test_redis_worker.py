@@ -17,6 +17,7 @@ import sqlalchemy as sa
 
 from connector.store import Database, Event, OutboxRow, OutboxStatus
 from connector.tenancy import NewStore
+from tests.conftest import unprojected
 from tests.services import RedisServer
 
 from .conftest import Launcher
@@ -81,7 +82,7 @@ def test_serve_and_worker_through_redis_survive_a_redis_restart(
         _post(server, store.write_key, second)
         time.sleep(IDLE_SECONDS)
         # Then nobody projects it: the web processes only queue a job in Redis
-        assert _unprojected(db, store.id) == len(second)
+        assert unprojected(db, store.id) == len(second)
         assert queue.dbsize() > 0, "the web process queued no projection job in Redis"
 
         # When Redis restarts empty, losing that job, and the worker comes back
@@ -104,16 +105,6 @@ def _post(server: ServiceProcess, write_key: str, messages: list[dict[str, Any]]
     assert response.json() == {"success": True, "accepted": len(messages), "duplicates": 0}
 
 
-def _unprojected(db: Database, store_id: int) -> int:
-    with db.reader() as session:
-        return (
-            session.scalar(
-                sa.select(sa.func.count(Event.id)).where(Event.store_id == store_id, Event.projected_at.is_(None))
-            )
-            or 0
-        )
-
-
 def _settled(db: Database, store_id: int, events: int) -> dict[str, int] | None:
     """Outbox counts by status once all ``events`` are stored and projected and every outbox row is done."""
     with db.reader() as session:
@@ -125,6 +116,6 @@ def _settled(db: Database, store_id: int, events: int) -> dict[str, int] | None:
                 .group_by(OutboxRow.status)
             ).all()
         )
-    if stored == events and _unprojected(db, store_id) == 0 and statuses and set(statuses) == {OutboxStatus.DONE}:
+    if stored == events and unprojected(db, store_id) == 0 and statuses and set(statuses) == {OutboxStatus.DONE}:
         return statuses
     return None
