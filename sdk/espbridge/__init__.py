@@ -1,11 +1,29 @@
-"""espbridge storefront SDK.
+"""espbridge storefront SDK: send identify / track / page / … calls to espbridge's ingestion API.
 
-This distribution is a placeholder until the SDK issue lands: it pins the package name and the
-protocol version the ingestion service speaks, nothing more.
+    from espbridge import Client
+    client = Client("WRITE_KEY", host="https://espbridge.example.com")
+    client.track("user-1", "Product Viewed", {"product_id": "sku-1"})
+
+Calls return at once; a background thread batches, sends and retries. See sdk/README.md.
 """
 
-__all__ = ["PROTOCOL_VERSION", "__version__"]
+from ._client import Client, Stats
+from ._errors import Dropped, EspbridgeError, InvalidMessage, Rejected
+from ._events import Amount, CallOptions, Channel, ConsentStatus, Product
+from ._version import PROTOCOL_VERSION, __version__
 
-__version__ = "0.0.1"
-#: The ingestion protocol this SDK speaks (Segment HTTP Tracking API, DESIGN.md section 3).
-PROTOCOL_VERSION = "segment-v1"
+__all__ = [
+    "Amount",
+    "CallOptions",
+    "Channel",
+    "Client",
+    "ConsentStatus",
+    "Dropped",
+    "EspbridgeError",
+    "InvalidMessage",
+    "PROTOCOL_VERSION",
+    "Product",
+    "Rejected",
+    "Stats",
+    "__version__",
+]
