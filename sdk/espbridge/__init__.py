@@ -13,6 +13,7 @@ from ._events import Amount, CallOptions, Channel, ConsentStatus, Product
 from ._version import PROTOCOL_VERSION, __version__
 
 __all__ = [
+    "PROTOCOL_VERSION",
     "Amount",
     "CallOptions",
     "Channel",
@@ -21,7 +22,6 @@ __all__ = [
     "Dropped",
     "EspbridgeError",
     "InvalidMessage",
-    "PROTOCOL_VERSION",
     "Product",
     "Rejected",
     "Stats",

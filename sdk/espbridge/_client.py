@@ -270,6 +270,8 @@ class Client(Events):
         if consumer is None or not consumer.is_alive():
             return self._buffer.is_empty()
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not consumer.started.wait(timeout):
+            return False
         with self._lock:
             consumer.flushing += 1
         try:
@@ -298,6 +300,7 @@ class Client(Events):
         delivered = self.flush(timeout)
         self._closed = True
         self._stop.set()
+        self._buffer.wake.set()
         consumer = self._consumer
         if consumer is not None and consumer.is_alive():
             spent = time.monotonic() - started

@@ -109,6 +109,8 @@ class Consumer(threading.Thread):
         self.flushing = 0  # callers waiting in flush(): send what there is without lingering
         self.progress = threading.Event()
         self._next_orphan_scan = 0.0
+        #: Set once the spool was scanned for what earlier processes left: flush() waits for that too.
+        self.started = threading.Event()
 
     def run(self) -> None:
         while True:
@@ -166,13 +168,18 @@ class Consumer(threading.Thread):
 
     def _adopt_orphans_when_due(self) -> None:
         spool = self._buffer.spool
-        if spool is None or time.monotonic() < self._next_orphan_scan:
+        if spool is None:
+            self.started.set()
+            return
+        if time.monotonic() < self._next_orphan_scan:
             return
         self._next_orphan_scan = time.monotonic() + ORPHAN_SCAN_SECONDS
         try:
             spool.adopt_orphans()
         except OSError as exc:
             log.error("could not scan the spool for undelivered messages: %s", exc)
+        finally:
+            self.started.set()
 
 
 def _decode(data: bytes) -> Json:

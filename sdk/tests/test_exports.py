@@ -23,6 +23,6 @@ PUBLIC = [
 
 
 def test_public_names_are_exactly_all() -> None:
-    exported = sorted(name for name in vars(espbridge) if not name.startswith("_")) + ["__version__"]
-    assert espbridge.__all__ == exported == PUBLIC
+    exported = [name for name in vars(espbridge) if not name.startswith("_")] + ["__version__"]
+    assert sorted(espbridge.__all__) == sorted(exported) == PUBLIC
     assert espbridge.PROTOCOL_VERSION == "segment-v1"
