@@ -49,6 +49,7 @@ class Delivery:
         self._min_backoff = min_backoff
         self._max_backoff = max_backoff
         self._stop = stop
+        self._lock = threading.Lock()
 
     def send(self, records: list[bytes], *, give_up_at: float | None = None) -> bool:
         """True once every record is settled; False when stopped (or past ``give_up_at``) before that."""
@@ -59,8 +60,9 @@ class Delivery:
                 for index, error in outcome.rejected:
                     log.warning("the service refused a message: %s", error)
                     self._report(error, [_decode(records[index])])
-                self._counters.rejected += len(outcome.rejected)
-                self._counters.sent += len(records) - len(outcome.rejected)
+                with self._lock:  # sync-mode callers and the consumer may count at once
+                    self._counters.rejected += len(outcome.rejected)
+                    self._counters.sent += len(records) - len(outcome.rejected)
                 return True
             if outcome.too_large and len(records) > 1:
                 half = len(records) // 2
@@ -68,7 +70,8 @@ class Delivery:
                     records[half:], give_up_at=give_up_at
                 )
             attempt += 1
-            self._counters.retries += 1
+            with self._lock:
+                self._counters.retries += 1
             delay = self.backoff(attempt, outcome.retry_after)
             if give_up_at is not None and time.monotonic() + delay > give_up_at:
                 return False

@@ -7,6 +7,7 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import threading
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -54,10 +55,18 @@ class Sender:
         self._gzip = gzip
         self._transport: httpx.BaseTransport | None = transport
         self._http: httpx.Client | None = None
+        self._lock = threading.Lock()
 
     def after_fork_in_child(self) -> None:
         # Dropped, not closed: the sockets are shared with the parent, which is still using them.
         self._http = None
+        self._lock = threading.Lock()
+
+    def _connection(self) -> httpx.Client:
+        with self._lock:
+            if self._http is None:
+                self._http = httpx.Client(timeout=self._timeout, transport=self._transport)
+            return self._http
 
     def close(self) -> None:
         if self._http is not None:
@@ -70,11 +79,10 @@ class Sender:
         if self._gzip and len(body) >= GZIP_MIN_BYTES:
             body = zlib.compress(body, GZIP_LEVEL, wbits=31)
             headers = {**headers, "Content-Encoding": "gzip"}
-        if self._http is None:
-            self._http = httpx.Client(timeout=self._timeout, transport=self._transport)
+        http = self._connection()
         started = time.monotonic()
         try:
-            response = self._http.post(self._url, content=body, headers=headers)
+            response = http.post(self._url, content=body, headers=headers)
         except httpx.TransportError as exc:
             return Outcome(settled=False, problem=f"{type(exc).__name__}: {exc}")
         log.debug(
