@@ -1,32 +1,43 @@
-"""``espbridge demo``: a fresh embedded espbridge, a generated storefront day sent over HTTP, a summary.
+"""``espbridge demo``: a fresh embedded espbridge, shoppers in the example storefront, a summary.
 
 It runs the real pieces as a user would: ``espbridge migrate``-equivalent on a new SQLite file, a store and
 an admin user, ``espbridge serve`` as a child process (embedded broker, worker threads in the web process),
-then the day's messages posted in batches through the Segment HTTP API, and the admin API read back.
+then the example storefront of ``examples/storefront`` in this process, sending through the espbridge SDK to
+that ``serve``, with simulated shoppers clicking through its pages (Flask's test client), and the admin API
+read back.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import random
+import secrets
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import click
 import httpx
+from espbridge import Client
+from flask import Flask
+from flask.testing import FlaskClient
 
 from connector import migrate
-from connector.sample_data import batches, storefront_day
 from connector.store import connect
 from connector.tenancy import create_admin_user, create_store
 
 READY_TIMEOUT = 30.0
 SETTLE_TIMEOUT = 120.0
+#: The example storefront of this source checkout. ``examples/`` is not part of the installed distribution.
+STOREFRONT_DIR = Path(__file__).resolve().parents[1] / "examples" / "storefront"
+SEED = 7
 
 
 def run_demo(*, customers: int, port: int, db_path: str, exit_after: bool, as_json: bool) -> int:
@@ -63,15 +74,14 @@ def run_demo(*, customers: int, port: int, db_path: str, exit_after: bool, as_js
     try:
         with httpx.Client(base_url=base_url, timeout=30) as http:
             _wait_ready(http, server)
-            messages = storefront_day(customers=customers)
-            _replay(http, store.write_key, messages, say)
+            sent = _run_shoppers(base_url, store.write_key, customers, say)
             stats = _settle(http, admin.token, say)
         summary = {
             "url": base_url,
             "store_id": store.id,
             "write_key": store.write_key,
             "admin_token": admin.token,
-            "messages_sent": len(messages),
+            "messages_sent": sent,
             **stats,
         }
         _print_summary(summary, as_json)
@@ -111,14 +121,123 @@ def _wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
     raise click.ClickException(f"espbridge serve did not answer within {READY_TIMEOUT:.0f} s")
 
 
-def _replay(http: httpx.Client, write_key: str, messages: list[dict[str, Any]], say: Callable[[str], None]) -> None:
-    chunks = list(batches(messages, 100))
-    with click.progressbar(chunks, label="  sending the storefront day", file=sys.stderr, show_pos=True) as bar:
-        for chunk in bar:
-            response = http.post("/v1/batch", json={"batch": chunk}, auth=(write_key, ""))
-            if response.status_code != 200 or response.json().get("errors"):
-                raise click.ClickException(f"ingestion refused a batch: {response.status_code} {response.text[:500]}")
-    say(f"• {len(messages)} messages acknowledged (committed)")
+def _run_shoppers(url: str, write_key: str, customers: int, say: Callable[[str], None]) -> int:
+    """Shoppers click through the example storefront, which sends with the SDK; returns how many messages."""
+    storefront = _load_storefront()
+    failures: list[Exception] = []
+    # No spool: the demo's store and write key live only as long as this run, so nothing is worth keeping.
+    client = Client(write_key, host=url, spool=False, on_error=lambda error, *_: failures.append(error))
+    admin_token = secrets.token_urlsafe(16)
+    app: Flask = storefront.create_app(client, admin_token=admin_token)
+    back_office = app.test_client()
+    back_office.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {admin_token}"
+    rng = random.Random(f"espbridge-demo:{SEED}")
+    try:
+        _request(back_office, "POST", "/admin/inventory")  # the shop connects: its catalog and stock
+        label = "  shoppers in the storefront"
+        with click.progressbar(range(1, customers + 1), label=label, file=sys.stderr, show_pos=True) as bar:
+            for number in bar:
+                _Shopper(app.test_client(), rng, number).visit(storefront.CATALOG)
+        for item in storefront.CATALOG:  # the sold-out products come back: their waitlists are due a mail
+            if item.stock == 0:
+                _request(back_office, "POST", f"/admin/restock/{item.product_id}", quantity="20")
+        delivered = client.flush()
+    finally:
+        client.shutdown()
+    if failures or not delivered:
+        raise click.ClickException(f"the SDK could not deliver everything: {failures[:3] or 'flush timed out'}")
+    sent = client.stats().sent
+    say(f"• {sent} messages sent by the SDK and acknowledged (committed)")
+    return sent
+
+
+def _load_storefront() -> ModuleType:
+    """``examples/storefront`` of this checkout, loaded by path: ``examples/`` is not an installed package.
+
+    A private module name keeps it apart from any ``examples`` package on ``sys.path``.
+    """
+    name = "_espbridge_demo_storefront"
+    if name in sys.modules:
+        return sys.modules[name]
+    init = STOREFRONT_DIR / "__init__.py"
+    if not init.is_file():
+        raise click.ClickException(f"the demo runs the example storefront of a source checkout: {init} is missing")
+    spec = importlib.util.spec_from_file_location(name, init, submodule_search_locations=[str(STOREFRONT_DIR)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # before running it, so that its relative imports find their package
+    spec.loader.exec_module(module)
+    return module
+
+
+# Who the shoppers are: example.com mailboxes and RFC 5737 documentation addresses, never a real person's.
+_FIRST_NAMES = ("Anna", "Ben", "Chloe", "David", "Elena", "Felix", "Grace", "Hugo", "Ines", "Jonas", "Maya", "Noah")
+_LAST_NAMES = ("Andersen", "Becker", "Costa", "Dubois", "Evans", "Fischer", "Garcia", "Hansen", "Keller", "Rossi")
+_NETWORKS = ("192.0.2", "198.51.100", "203.0.113")
+_LANGUAGES = ("de-DE", "fr-FR", "nl-NL", "es-ES", "en-IE")
+_USER_AGENTS = (
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) "
+    "Version/18.1 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Linux; Android 14; Pixel 8) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/131.0.0.0 Mobile Safari/537.36",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (X11; Linux x86_64; rv:132.0) Gecko/20100101 Firefox/132.0",
+)
+
+
+class _Shopper:
+    """One visitor's browser. What they do is drawn from ``rng``, so every run of the demo is the same day."""
+
+    def __init__(self, browser: FlaskClient, rng: random.Random, number: int) -> None:
+        self.browser = browser
+        self.rng = rng
+        browser.environ_base.update(
+            REMOTE_ADDR=f"{rng.choice(_NETWORKS)}.{rng.randrange(1, 255)}",
+            HTTP_USER_AGENT=rng.choice(_USER_AGENTS),
+            HTTP_ACCEPT_LANGUAGE=rng.choice(_LANGUAGES),
+        )
+        self.first_name = rng.choice(_FIRST_NAMES)
+        self.email = f"{self.first_name.lower()}.{rng.choice(_LAST_NAMES).lower()}+{number}@example.com"
+        self.signed_up = False
+
+    def visit(self, catalog: Sequence[Any]) -> None:
+        """Browse a few products; maybe ask to hear of a sold-out one, fill a cart, sign up, check out."""
+        rng = self.rng
+        _request(self.browser, "GET", "/")
+        if rng.random() < 0.1:
+            self.sign_up()
+        carted: list[str] = []
+        for item in rng.sample(catalog, rng.randint(1, 4)):
+            _request(self.browser, "GET", f"/products/{item.product_id}")
+            if item.stock == 0:
+                if rng.random() < 0.4:
+                    _request(self.browser, "POST", f"/products/{item.product_id}/notify", email=self.email)
+            elif rng.random() < 0.5:
+                _request(self.browser, "POST", f"/cart/add/{item.product_id}")
+                carted.append(item.product_id)
+        if len(carted) > 1 and rng.random() < 0.2:
+            carted.remove(product_id := rng.choice(carted))
+            _request(self.browser, "POST", f"/cart/remove/{product_id}")
+        if not self.signed_up and rng.random() < 0.2:
+            self.sign_up()
+        if carted and rng.random() < 0.6:  # the others leave their cart behind
+            _request(self.browser, "GET", "/checkout")
+            if rng.random() < 0.85:
+                _request(self.browser, "POST", "/checkout", email=self.email)
+
+    def sign_up(self) -> None:
+        form = {"email": self.email, "first_name": self.first_name}
+        if self.rng.random() < 0.6:
+            form["email_consent"] = "yes"
+        _request(self.browser, "POST", "/signup", **form)
+        self.signed_up = True
+
+
+def _request(browser: FlaskClient, method: str, path: str, **form: str) -> None:
+    """One click (redirects followed, as a browser does); anything but a page is a bug of the demo."""
+    response = browser.open(path, method=method, data=form, follow_redirects=True)
+    if response.status_code != 200:
+        raise click.ClickException(f"the storefront answered {response.status} to {method} {path}")
 
 
 def _settle(http: httpx.Client, token: str, say: Callable[[str], None]) -> dict[str, Any]:

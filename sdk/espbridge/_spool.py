@@ -63,7 +63,6 @@ class Spool:
         self.max_bytes = max_bytes
         self.durable = durable
         self._segment_bytes = max(4096, min(MAX_SEGMENT_BYTES, max_bytes // 8))
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._reset()
 
     def _reset(self) -> None:
@@ -168,6 +167,8 @@ class Spool:
     def adopt_orphans(self) -> int:
         """Take over the segments of processes that are gone; the number of records adopted."""
         adopted: list[_Segment] = []
+        if not self.directory.is_dir():
+            return 0
         for path in sorted(self.directory.iterdir()):
             if path.suffix == ACK_SUFFIX and not path.with_suffix(SEGMENT_SUFFIX).exists():
                 path.unlink(missing_ok=True)  # its segment was delivered and removed just before a crash
@@ -205,7 +206,8 @@ class Spool:
     # -- internals (the lock is held) ---------------------------------------------------------------------
 
     def _open_segment(self) -> _Segment:
-        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # first use: a client that never spills
+        name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"  # leaves no directory behind
         temporary = self.directory / f"{name}.tmp"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)  # before the rename: nobody may adopt a segment of a living process
