@@ -9,6 +9,7 @@ discards is counted and reported.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections import deque
@@ -19,6 +20,8 @@ from typing import Literal
 from ._errors import Dropped
 from ._messages import Json
 from ._spool import Chunk, Spool
+
+log = logging.getLogger("espbridge")
 
 Overflow = Literal["block", "drop_oldest"]
 Report = Callable[[Exception, list[Json]], None]
@@ -78,7 +81,12 @@ class Buffer:
             self._put_memory_full(data)
             return
         self._spilling = not self._durable
-        spooled = self.spool.append(data) or self._spool_full(data)
+        try:
+            spooled = self.spool.append(data) or self._spool_full(data)
+        except OSError as exc:  # a full or read-only disk: memory is all there is
+            log.error("could not write to the spool in %s: %s", self.spool.directory, exc)
+            self._put_memory_full(data)
+            return
         if spooled and self.spool.unread_records % self._batch_size == 0:
             self.wake.set()
 
@@ -186,10 +194,14 @@ class Buffer:
             lost = [_decode(data) for data in records]
             self._dropped(Dropped(len(records), "the process exited and there is no spool"), lost)
             return
-        for data in records:
-            if not self.spool.append(data):
-                self._spool_full(data)
-        self.spool.flush()
+        try:
+            for data in records:
+                if not self.spool.append(data):
+                    self._spool_full(data)
+            self.spool.flush()
+        except OSError as exc:
+            log.error("could not write to the spool in %s: %s", self.spool.directory, exc)
+            self._dropped(Dropped(len(records), f"the spool could not be written: {exc}"), [])
 
 
 def _decode(data: bytes) -> Json:

@@ -372,7 +372,12 @@ class Client(Events):
         return mid
 
     def _send_now(self, data: bytes) -> None:
-        if not self._delivery.send([data], give_up_at=time.monotonic() + self._timeout):
+        try:
+            settled = self._delivery.send([data], give_up_at=time.monotonic() + self._timeout)
+        except Exception:  # never into the caller
+            log.exception("unexpected error while sending; the message goes to the queue")
+            settled = False
+        if not settled:
             self._buffer.put(data)  # the consumer keeps trying; the spool keeps it across restarts
 
     def _report(self, error: Exception, messages: list[Json]) -> None:

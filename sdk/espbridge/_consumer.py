@@ -116,22 +116,24 @@ class Consumer(threading.Thread):
         self.started = threading.Event()
 
     def run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                if self._stopping.is_set():
-                    return
-                continue
-            while not self._deliver(batch):
-                if self._stopping.is_set():
-                    return  # the batch stays the buffer's in_flight: the client persists it
-            self._buffer.done(batch)
-            self.progress.set()
+        while not self._stopping.is_set():
+            try:
+                batch = self._next_batch()
+                if batch is None:
+                    continue
+                while not self._deliver(batch):
+                    if self._stopping.is_set():
+                        return  # the batch stays the buffer's in_flight: the client persists it
+                self._buffer.done(batch)
+                self.progress.set()
+            except Exception:  # a bug, or the spool's disk failing: never end delivery for the process's life
+                log.exception("unexpected error in the espbridge consumer; going on in 1 s")
+                self._stopping.wait(1.0)
 
     def _deliver(self, batch: Batch) -> bool:
         try:
             return self._delivery.send(batch.records)
-        except Exception:  # a bug of ours must not end delivery for the life of the process
+        except Exception:
             log.exception("unexpected error while sending a batch; retrying it in 1 s")
             self._stopping.wait(1.0)
             return False

@@ -83,7 +83,7 @@ class Sender:
         started = time.monotonic()
         try:
             response = http.post(self._url, content=body, headers=headers)
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:  # network, timeout, protocol: all worth another try
             return Outcome(settled=False, problem=f"{type(exc).__name__}: {exc}")
         log.debug(
             "POST /v1/batch: %d message(s), %d bytes -> %d in %.1f ms",

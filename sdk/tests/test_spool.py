@@ -90,3 +90,25 @@ def _spool_directory_of(client: Client, spool_dir: Path) -> Path:
     directory = _spool_directory(spool_dir, "http://espbridge.test", "test-write-key")
     directory.mkdir(parents=True, exist_ok=True)
     return directory
+
+
+def test_a_spool_that_cannot_be_written_falls_back_to_memory_and_reports_what_it_drops(
+    make_client: Any, sink: Sink, tmp_path: Path
+) -> None:
+    not_a_directory = tmp_path / "file"
+    not_a_directory.write_text("")
+    sink.responder = lambda request, batch: httpx.Response(503)
+    dropped: list[int] = []
+    client: Client = make_client(
+        spool_dir=not_a_directory,
+        max_queue_size=5,
+        retry_min_backoff=0.05,
+        retry_max_backoff=0.1,
+        on_error=lambda error, messages: dropped.append(getattr(error, "count", 0)),
+    )
+    for n in range(20):
+        client.track("u1", "E", {"n": n})  # never raises, though every spill fails
+    sink.responder = None
+    assert client.flush(5)
+    assert sum(dropped) == client.stats().dropped > 0
+    assert len(sink.messages) + client.stats().dropped == 20
