@@ -373,7 +373,7 @@ class Client(Events):
 
     def _send_now(self, data: bytes) -> None:
         try:
-            settled = self._delivery.send([data], give_up_at=time.monotonic() + self._timeout)
+            settled = self._delivery.send([data], give_up_at=time.monotonic() + self._timeout, direct=True)
         except Exception:  # never into the caller
             log.exception("unexpected error while sending; the message goes to the queue")
             settled = False

@@ -51,11 +51,15 @@ class Delivery:
         self._stop = stop
         self._lock = threading.Lock()
 
-    def send(self, records: list[bytes], *, give_up_at: float | None = None) -> bool:
-        """True once every record is settled; False when stopped (or past ``give_up_at``) before that."""
+    def send(self, records: list[bytes], *, give_up_at: float | None = None, direct: bool = False) -> bool:
+        """True once every record is settled; False when stopped (or past ``give_up_at``) before that.
+
+        ``direct``: on the calling thread's own connection (sync mode), not the consumer's.
+        """
         attempt = 0
+        post = self._sender.post_direct if direct else self._sender.post
         while True:
-            outcome = self._sender.post(records)
+            outcome = post(records)
             if outcome.settled:
                 for index, error in outcome.rejected:
                     log.warning("the service refused a message: %s", error)
@@ -66,8 +70,9 @@ class Delivery:
                 return True
             if outcome.too_large and len(records) > 1:
                 half = len(records) // 2
-                return self.send(records[:half], give_up_at=give_up_at) and self.send(
-                    records[half:], give_up_at=give_up_at
+                first, rest = records[:half], records[half:]
+                return self.send(first, give_up_at=give_up_at, direct=direct) and self.send(
+                    rest, give_up_at=give_up_at, direct=direct
                 )
             attempt += 1
             with self._lock:

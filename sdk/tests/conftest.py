@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import threading
 import zlib
@@ -72,3 +73,54 @@ def make_client(sink: Sink, spool_dir: Path) -> Iterator[Callable[..., Client]]:
     yield make
     for client in clients:
         client.shutdown(timeout=2)
+
+
+class HttpSink:
+    """A real HTTP/1.1 keep-alive server on 127.0.0.1 (for what a mock transport cannot show: connections)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.messages: list[dict[str, Any]] = []
+        self.statuses: list[int] = []  # answers to give first, in order; then 200
+        self.hang_up = False  # close each connection after answering, without saying so (a restart, an idle cut)
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def setup(self) -> None:
+                super().setup()
+                sink.connections += 1
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = zlib.decompress(body, wbits=31)
+                status = sink.statuses.pop(0) if sink.statuses else 200
+                if status == 200:
+                    sink.messages.extend(json.loads(body)["batch"])
+                answer = b'{"success": true}'
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+                self.close_connection = sink.hang_up
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def http_sink() -> Iterator[HttpSink]:
+    sink = HttpSink()
+    yield sink
+    sink.close()

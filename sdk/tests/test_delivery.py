@@ -6,13 +6,13 @@ from __future__ import annotations
 import base64
 import itertools
 import logging
-import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import Sink
+from conftest import HttpSink, Sink
 from espbridge import Client, Rejected
 
 
@@ -126,42 +126,40 @@ def test_413_splits_the_batch_until_it_fits(make_client: Any, sink: Sink) -> Non
     assert all(len(batch) <= 2 for batch in sink.batches)
 
 
-def test_one_connection_is_kept_alive(sink: Sink, tmp_path: Any) -> None:
-    import http.server
+def test_one_connection_is_kept_alive(http_sink: HttpSink, tmp_path: Path) -> None:
+    client = Client("k", http_sink.url, spool_dir=tmp_path, max_batch_size=10)
+    for n in range(100):
+        client.track("u1", "E", {"n": n})
+        if n % 10 == 9:
+            assert client.flush(5)
+    assert client.shutdown(5)
+    assert len(http_sink.messages) == 100
+    assert http_sink.connections == 1
 
-    connections: list[int] = []
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+def test_sync_mode_sends_each_call_before_returning_on_one_kept_alive_connection(
+    http_sink: HttpSink, tmp_path: Path
+) -> None:
+    client = Client("k", http_sink.url, spool_dir=tmp_path, sync_mode=True, retry_min_backoff=0.01)
+    for n in range(20):
+        client.track("u1", "E", {"n": n})
+        assert len(http_sink.messages) == n + 1
+    http_sink.statuses = [503, 503]  # retried within the call
+    client.track("u1", "After a hiccup")
+    assert http_sink.messages[-1]["event"] == "After a hiccup"
+    assert http_sink.connections == 1
+    client.shutdown(2)
 
-        def setup(self) -> None:
-            super().setup()
-            connections.append(1)
 
-        def do_POST(self) -> None:
-            self.rfile.read(int(self.headers["Content-Length"]))
-            body = b'{"success": true}'
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        client = Client("k", f"http://127.0.0.1:{server.server_port}", spool_dir=tmp_path, max_batch_size=10)
-        for n in range(100):
-            client.track("u1", "E", {"n": n})
-            if n % 10 == 9:
-                assert client.flush(5)
-        assert client.shutdown(5)
-    finally:
-        server.shutdown()
-        server.server_close()
-    assert len(connections) == 1
+def test_sync_mode_survives_the_service_closing_an_idle_connection(http_sink: HttpSink, tmp_path: Path) -> None:
+    http_sink.hang_up = True
+    client = Client("k", http_sink.url, spool_dir=tmp_path, sync_mode=True)
+    for n in range(3):
+        client.track("u1", "E", {"n": n})
+    assert [m["properties"]["n"] for m in http_sink.messages] == [0, 1, 2]
+    assert http_sink.connections == 3
+    assert client.stats().retries == 0  # a stale kept-alive connection is not a failure of the service
+    client.shutdown(2)
 
 
 def test_flush_returns_false_while_the_service_is_down_and_nothing_raises(make_client: Any, sink: Sink) -> None:
