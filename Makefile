@@ -28,6 +28,7 @@ typecheck: $(STAMP)
 bench: system-deps $(STAMP)
 	scripts/install-system-deps.sh wrk
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/sdk.py
 
 system-deps:
 	scripts/install-system-deps.sh
