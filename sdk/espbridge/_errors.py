@@ -2,7 +2,8 @@
 
 A storefront only ever sees :class:`InvalidMessage` raised (and only with ``raise_on_invalid=True``): a send
 failure is never raised into the caller. Everything the consumer gives up on reaches ``on_error`` as a
-:class:`Rejected` or :class:`Dropped`, with the messages concerned.
+:class:`Rejected` or :class:`Dropped`, with the messages concerned (for whole spool segments discarded by the
+overflow policy, only their count: they are not read back from disk to be reported).
 """
 
 from __future__ import annotations

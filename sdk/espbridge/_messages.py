@@ -70,12 +70,14 @@ class IdSource:
 
 def identifier(value: Any, field: str) -> str:
     """A userId / anonymousId / groupId: a non-empty string (integers are accepted and sent as strings)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) < 10**MAX_ID_LENGTH:
+        value = str(value)
     if isinstance(value, str):
         if not value or len(value) > MAX_ID_LENGTH:
             raise InvalidMessage(field, f"must be 1 to {MAX_ID_LENGTH} characters")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        raise InvalidMessage(field, f"must be at most {MAX_ID_LENGTH} characters as a string")
     raise InvalidMessage(field, f"must be a string, not {type(value).__name__}")
 
 
@@ -103,7 +105,10 @@ def timestamp(value: dt.datetime | None) -> str:
         raise InvalidMessage("timestamp", f"must be a datetime, not {type(value).__name__}")
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+    try:
+        return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+    except (OverflowError, ValueError):  # datetime(1, 1, 1, tzinfo=+01:00) is before year 1 in UTC
+        raise InvalidMessage("timestamp", f"{value.isoformat()} cannot be expressed in UTC") from None
 
 
 def encode(message: Json) -> bytes:
@@ -146,7 +151,13 @@ def _find_unencodable(value: Any, path: str, seen: set[int]) -> tuple[str, str] 
                 return found
         seen.discard(id(value))
         return None
-    if isinstance(value, int | bool | type(None)):
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            int.__repr__(value)
+        except ValueError:  # past sys.get_int_max_str_digits()
+            return where, "is an integer too long to be written as JSON"
+        return None
+    if isinstance(value, bool | type(None)):
         return None
     try:
         _to_json(value)

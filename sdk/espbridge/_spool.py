@@ -26,6 +26,8 @@ log = logging.getLogger("espbridge")
 
 SEGMENT_SUFFIX = ".seg"
 ACK_SUFFIX = ".ack"
+NEW_SUFFIX = ".new"
+STALE_NEW_SECONDS = 60.0
 WRITE_BUFFER_BYTES = 64 * 1024
 MAX_SEGMENT_BYTES = 8 * 1024 * 1024
 _READ_CHUNK = 1024 * 1024
@@ -172,7 +174,9 @@ class Spool:
         for path in sorted(self.directory.iterdir()):
             if path.suffix == ACK_SUFFIX and not path.with_suffix(SEGMENT_SUFFIX).exists():
                 path.unlink(missing_ok=True)  # its segment was delivered and removed just before a crash
-            elif path.suffix in (SEGMENT_SUFFIX, ".tmp") and (segment := _try_adopt(path)) is not None:
+            elif path.suffix == NEW_SUFFIX:
+                _remove_stale_new(path)
+            elif path.suffix == SEGMENT_SUFFIX and (segment := _try_adopt(path)) is not None:
                 adopted.append(segment)
         if not adopted:
             return 0
@@ -208,9 +212,11 @@ class Spool:
     def _open_segment(self) -> _Segment:
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)  # first use: a client that never spills
         name = f"{time.time_ns():020d}-{os.getpid()}-{secrets.token_hex(4)}"  # leaves no directory behind
-        temporary = self.directory / f"{name}.tmp"
+        # Created under a name no scan adopts, locked, then renamed: no other process ever sees the segment of
+        # a living process unlocked.
+        temporary = self.directory / f"{name}{NEW_SUFFIX}"
         fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # before the rename: nobody may adopt a segment of a living process
+        fcntl.flock(fd, fcntl.LOCK_EX)
         path = temporary.with_suffix(SEGMENT_SUFFIX)
         os.rename(temporary, path)
         self._writer = _Segment(path, fd)
@@ -250,8 +256,7 @@ def _try_adopt(path: Path) -> _Segment | None:
     except BlockingIOError:  # its process is alive
         os.close(fd)
         return None
-    if os.fstat(fd).st_nlink == 0 or path.suffix == ".tmp":  # removed by its owner meanwhile; or never used
-        path.unlink(missing_ok=True)
+    if os.fstat(fd).st_nlink == 0:  # removed by its owner meanwhile
         os.close(fd)
         return None
     segment = _Segment(path, fd)
@@ -276,6 +281,22 @@ def _try_adopt(path: Path) -> _Segment | None:
         os.close(fd)
         return None
     return segment
+
+
+def _remove_stale_new(path: Path) -> None:
+    """A segment a crash left between its creation and its rename: empty, and unlocked once its process is gone.
+
+    The age check keeps a scan from racing the creating process between ``open`` and ``flock``."""
+    with contextlib.suppress(FileNotFoundError):
+        if time.time() - path.stat().st_mtime > STALE_NEW_SECONDS:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                path.unlink(missing_ok=True)
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
 
 
 def _write_all(fd: int, data: bytes) -> None:
