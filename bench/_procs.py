@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -51,6 +52,15 @@ PG_SETTINGS: dict[str, str] = {
 
 class BenchError(RuntimeError):
     """A process the benchmark needs could not be started or answered wrongly."""
+
+
+def write_results(benchmark: str, payload: dict[str, Any]) -> Path:
+    """``bench/results/<benchmark>-<run id>.json`` (gitignored)."""
+    results = REPO / "bench" / "results"
+    results.mkdir(exist_ok=True)
+    path = results / f"{benchmark}-{payload['run_id']}.json"
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
 
 
 def free_port() -> int:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import math
 import os
 import platform
@@ -45,9 +44,9 @@ from _procs import (
     start_postgres,
     start_redis,
     start_service,
+    write_results,
 )
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 SHAPES = (Shape("track", "/v1/track", 1), Shape("batch100", "/v1/batch", 100))
 BATCH = SHAPES[1]
 DEFAULT_CONNECTIONS = (8, 32)
@@ -360,13 +359,6 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def write_json(payload: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"ingest-{payload['run_id']}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
-
-
 # ---------------------------------------------------------------------------------------------- CLI
 
 
@@ -425,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"gunicorn: {plan.config.describe()}; wrk closed loop; fixed rate = half the saturation rate")
     print(table(rows))
     print(LEGEND)
-    path = write_json(to_json(plan, rows, ["python", "bench/ingest.py", *argv], outcome))
+    path = write_results("ingest", to_json(plan, rows, ["python", "bench/ingest.py", *argv], outcome))
     print(f"\nwritten: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
     return status
 

@@ -47,9 +47,8 @@ from typing import Any
 
 import httpx
 from _cpu import CpuMeter, wait_for_quiet
-from _procs import HOST, REPO, VENV_BIN, BenchError, Proc, Processes, free_port, tail
+from _procs import HOST, REPO, VENV_BIN, BenchError, Proc, Processes, free_port, tail, write_results
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 BENCH = Path(__file__).resolve().parent
 PYTHON = str(VENV_BIN / "python")
 CLIENTS = ("segment", "rudder", "espbridge")
@@ -734,13 +733,6 @@ def to_json(
     }
 
 
-def write_json(payload: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"sdk-{payload['run_id']}.json"
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
-
-
 # ---------------------------------------------------------------------------------------------- CLI
 
 
@@ -814,7 +806,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print()
     print(report(plan, runs, clients, skipped, provenance))
     command = ["python", "bench/sdk.py", *argv]
-    path = write_json(to_json(plan, runs, clients, skipped, provenance, command, outcome))
+    path = write_results("sdk", to_json(plan, runs, clients, skipped, provenance, command, outcome))
     print(f"\nwritten: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
     return status
 

@@ -186,6 +186,17 @@ def track(event: str, message_id: str, user_id: str | None = "u1", **properties:
     return message
 
 
+def stored_counts(db: Database, store_id: int) -> dict[str, int]:
+    """How many events the store holds per messageId."""
+    query = (
+        sa.select(Event.message_id, sa.func.count(Event.id))
+        .where(Event.store_id == store_id)
+        .group_by(Event.message_id)
+    )
+    with db.reader() as session:
+        return {message_id: count for message_id, count in session.execute(query).all()}
+
+
 def unprojected(db: Database, store_id: int) -> int:
     """How many of the store's stored events wait for projection."""
     query = sa.select(sa.func.count(Event.id)).where(Event.store_id == store_id, Event.projected_at.is_(None))

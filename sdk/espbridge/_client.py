@@ -134,7 +134,9 @@ class Client(Events):
         self._closed = False
         self._ids = IdSource()
         self._counters = Counters()
-        self._options = (max_batch_size, max_batch_bytes, flush_interval, retry_min_backoff, retry_max_backoff)
+        self._batching = {"max_batch_size": max_batch_size, "max_batch_bytes": max_batch_bytes}
+        self._flush_interval = flush_interval
+        self._backoff = {"min_backoff": retry_min_backoff, "max_backoff": retry_max_backoff}
         self._sender = Sender(
             write_key,
             host,
@@ -399,8 +401,7 @@ class Client(Events):
             self._sender,
             report=self._report,
             counters=self._counters,
-            min_backoff=self._options[3],
-            max_backoff=self._options[4],
+            **self._backoff,
             stop=self._stop,
         )
 
@@ -408,14 +409,8 @@ class Client(Events):
         with self._lock:
             if self._consumer is not None or self._closed:
                 return
-            max_batch_size, max_batch_bytes, flush_interval, _, _ = self._options
             self._consumer = Consumer(
-                self._buffer,
-                self._delivery,
-                stop=self._stop,
-                max_batch_size=max_batch_size,
-                max_batch_bytes=max_batch_bytes,
-                flush_interval=flush_interval,
+                self._buffer, self._delivery, stop=self._stop, flush_interval=self._flush_interval, **self._batching
             )
             self._consumer.start()
             if "multiprocessing" in sys.modules:

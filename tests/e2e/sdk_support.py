@@ -82,17 +82,6 @@ def serve_on(launcher: Launcher, env: dict[str, str], port: int) -> ServiceProce
     return process.wait_healthy()
 
 
-def stored_counts(db: Database, store_id: int) -> dict[str, int]:
-    """How many events the store holds per messageId."""
-    with db.reader() as session:
-        rows = session.execute(
-            sa.select(Event.message_id, sa.func.count(Event.id))
-            .where(Event.store_id == store_id)
-            .group_by(Event.message_id)
-        ).all()
-    return {message_id: count for message_id, count in rows}
-
-
 def stored_total(db: Database, store_id: int) -> int:
     with db.reader() as session:
         return session.scalar(sa.select(sa.func.count(Event.id)).where(Event.store_id == store_id)) or 0

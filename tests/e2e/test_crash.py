@@ -17,9 +17,9 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from connector.store import Database, Event, OutboxRow, OutboxStatus
+from connector.store import Database, OutboxRow, OutboxStatus
 from connector.tenancy import NewStore
-from tests.conftest import unprojected
+from tests.conftest import stored_counts, unprojected
 
 from .conftest import Launcher
 from .processes import wait_until
@@ -118,7 +118,7 @@ def test_kill_9_under_load_loses_no_acknowledged_message(
     launcher.serve(restarted_env)
 
     # Then every acknowledged message is stored, exactly once
-    stored = _stored_counts(db, store.id)
+    stored = stored_counts(db, store.id)
     missing = sorted(set(acked) - set(stored))
     assert missing == [], f"{len(missing)} acknowledged messages lost, e.g. {missing[:5]}"
     assert {message_id: n for message_id, n in stored.items() if n != 1} == {}
@@ -128,16 +128,6 @@ def test_kill_9_under_load_loses_no_acknowledged_message(
     wait_until(lambda: _settled(db, store.id), timeout=RECOVERY_TIMEOUT, what="projection and delivery to finish")
     assert unprojected(db, store.id) == 0
     assert set(_outbox_statuses(db, store.id)) == {OutboxStatus.DONE}
-
-
-def _stored_counts(db: Database, store_id: int) -> dict[str, int]:
-    with db.reader() as session:
-        rows = session.execute(
-            sa.select(Event.message_id, sa.func.count(Event.id))
-            .where(Event.store_id == store_id)
-            .group_by(Event.message_id)
-        ).all()
-    return {message_id: count for message_id, count in rows}
 
 
 def _outbox_statuses(db: Database, store_id: int) -> dict[str, int]:

@@ -13,11 +13,12 @@ import pytest
 
 from connector.store import Database
 from connector.tenancy import NewStore
+from tests.conftest import stored_counts
 from tests.services import free_port
 
 from .conftest import Launcher
 from .processes import ServiceProcess
-from .sdk_support import logged_ids, not_once, result, run_driver, segments, serve_on, spooled_records, stored_counts
+from .sdk_support import logged_ids, not_once, result, run_driver, segments, serve_on, spooled_records
 
 pytestmark = pytest.mark.slow
 

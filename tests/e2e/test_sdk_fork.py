@@ -14,9 +14,10 @@ import pytest
 
 from connector.store import Database
 from connector.tenancy import NewStore
+from tests.conftest import stored_counts
 
 from .processes import ServiceProcess
-from .sdk_support import not_once, result, run_driver, segments, stored_counts
+from .sdk_support import not_once, result, run_driver, segments
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,11 @@ import pytest
 
 from connector.store import Database
 from connector.tenancy import NewStore
+from tests.conftest import stored_counts
 
 from .conftest import Launcher
 from .processes import wait_until
-from .sdk_support import driver, logged_ids, not_once, result, segments, serve_on, stored_counts, stored_total
+from .sdk_support import driver, logged_ids, not_once, result, segments, serve_on, stored_total
 
 pytestmark = pytest.mark.slow
 

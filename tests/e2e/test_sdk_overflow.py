@@ -25,10 +25,11 @@ from espbridge import Client, Dropped
 
 from connector.store import Database
 from connector.tenancy import NewStore
+from tests.conftest import stored_counts
 from tests.services import free_port
 
 from .conftest import Launcher
-from .sdk_support import not_once, segments, serve_on, stored_counts
+from .sdk_support import not_once, segments, serve_on
 
 pytestmark = pytest.mark.slow
 

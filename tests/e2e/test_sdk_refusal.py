@@ -21,9 +21,10 @@ from espbridge._client import _spool_directory
 
 from connector.store import Database
 from connector.tenancy import NewStore
+from tests.conftest import stored_counts
 
 from .processes import ServiceProcess
-from .sdk_support import not_once, segments, stored_counts
+from .sdk_support import not_once, segments
 
 pytestmark = pytest.mark.slow
 
