@@ -8,7 +8,6 @@ discards is counted and reported.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ._errors import Dropped
-from ._messages import Json
+from ._messages import Json, decode
 from ._spool import Chunk, Spool
 
 log = logging.getLogger("espbridge")
@@ -106,7 +105,7 @@ class Buffer:
                     if self.spool.append(data):
                         return True
                     self._space.wait(remaining)
-        self._dropped(Dropped(1, f"the spool stayed at its cap of {self.spool.max_bytes:,} bytes"), [_decode(data)])
+        self._dropped(Dropped(1, f"the spool stayed at its cap of {self.spool.max_bytes:,} bytes"), [decode(data)])
         return False
 
     def _put_memory_full(self, data: bytes) -> None:
@@ -121,7 +120,7 @@ class Buffer:
                     break
             if lost:
                 reason = f"the queue is full ({self._max_queue_size:,} messages) and there is no spool"
-                self._dropped(Dropped(len(lost), reason), [_decode(item) for item in lost])
+                self._dropped(Dropped(len(lost), reason), [decode(item) for item in lost])
             return
         deadline = time.monotonic() + self._block_timeout
         with self._space:
@@ -129,7 +128,7 @@ class Buffer:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     reason = f"the queue stayed full ({self._max_queue_size:,} messages) for {self._block_timeout} s"
-                    self._dropped(Dropped(1, reason), [_decode(data)])
+                    self._dropped(Dropped(1, reason), [decode(data)])
                     return
                 self._space.wait(remaining)
             memory.append(data)
@@ -191,7 +190,7 @@ class Buffer:
         if not records:
             return
         if self.spool is None:
-            lost = [_decode(data) for data in records]
+            lost = [decode(data) for data in records]
             self._dropped(Dropped(len(records), "the process exited and there is no spool"), lost)
             return
         try:
@@ -202,8 +201,3 @@ class Buffer:
         except OSError as exc:
             log.error("could not write to the spool in %s: %s", self.spool.directory, exc)
             self._dropped(Dropped(len(records), f"the spool could not be written: {exc}"), [])
-
-
-def _decode(data: bytes) -> Json:
-    message: Json = json.loads(data)
-    return message

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import threading
@@ -10,7 +9,7 @@ import time
 from dataclasses import dataclass
 
 from ._buffer import Batch, Buffer, Report
-from ._messages import Json
+from ._messages import decode
 from ._transport import Sender
 
 log = logging.getLogger("espbridge")
@@ -63,7 +62,7 @@ class Delivery:
             if outcome.settled:
                 for index, error in outcome.rejected:
                     log.warning("the service refused a message: %s", error)
-                    self._report(error, [_decode(records[index])])
+                    self._report(error, [decode(records[index])])
                 with self._lock:  # sync-mode callers and the consumer may count at once
                     self._counters.rejected += len(outcome.rejected)
                     self._counters.sent += len(records) - len(outcome.rejected)
@@ -190,8 +189,3 @@ class Consumer(threading.Thread):
             log.error("could not scan the spool for undelivered messages: %s", exc)
         finally:
             self.started.set()
-
-
-def _decode(data: bytes) -> Json:
-    message: Json = json.loads(data)
-    return message

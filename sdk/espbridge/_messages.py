@@ -127,6 +127,15 @@ def encode(message: Json) -> bytes:
     return data
 
 
+def decode(data: bytes) -> Json:
+    """A queued message back as a dict, to report it; a spool line that is not JSON (a damaged file) as text."""
+    try:
+        message: Json = json.loads(data)
+    except ValueError:
+        return {"unreadable": data.decode("utf-8", "replace")}
+    return message
+
+
 def _find_unencodable(value: Any, path: str, seen: set[int]) -> tuple[str, str] | None:
     """The slow path, only after encoding failed: walk the value to name where and why."""
     where = path or "message"

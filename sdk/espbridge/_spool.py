@@ -138,14 +138,21 @@ class Spool:
                 if newline < 0:
                     break
                 if newline > end:
-                    records.append(data[end:newline])
+                    record = data[end:newline]
+                    if record[:1] == b"{" and record[-1:] == b"}":
+                        records.append(record)
+                    else:  # a damaged file: sending it would get its whole batch refused
+                        log.error("skipping a damaged record in %s at offset %d", segment.path, start + end)
                 end = newline + 1
             if end == 0:  # no complete record in max_bytes: not ours (we never write one that long)
                 log.error("spool segment %s is corrupt after offset %d; skipping its rest", segment.path, start)
                 end = segment.size - start
+                lines = segment.records - segment.read_records
+            else:
+                lines = data.count(b"\n", 0, end)  # the skipped lines too
             segment.read = start + end
-            segment.read_records += len(records)
-            self.unread_records -= len(records)
+            segment.read_records += lines
+            self.unread_records -= lines
             return Chunk(segment, segment.read, records)
 
     def ack(self, chunk: Chunk) -> None:

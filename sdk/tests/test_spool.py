@@ -112,3 +112,15 @@ def test_a_spool_that_cannot_be_written_falls_back_to_memory_and_reports_what_it
     assert client.flush(5)
     assert sum(dropped) == client.stats().dropped > 0
     assert len(sink.messages) + client.stats().dropped == 20
+
+
+def test_a_damaged_record_in_an_adopted_segment_is_skipped_and_the_rest_delivered(
+    make_client: Any, sink: Sink, spool_dir: Path
+) -> None:
+    directory = _spool_directory_of(make_client(send=False), spool_dir)
+    good = [json.dumps({"type": "track", "event": "E", "userId": "u", "messageId": f"m{n}"}) for n in range(2)]
+    (directory / "00000000000000000001-999999-deadbeef.seg").write_text(f"{good[0]}\n\x00\x00garbage\n{good[1]}\n")
+    client: Client = make_client()
+    assert client.flush(5)
+    assert sink.message_ids() == ["m0", "m1"]
+    assert client.stats().queued == 0
