@@ -29,6 +29,11 @@ class Settings(BaseSettings):
         None,
         description="Flask secret key for signed cookies. Unset: a random key per process (not shared by workers).",
     )
+    credentials_key: SecretStr | None = Field(
+        None,
+        description="Fernet key(s), comma-separated, encrypting ESP credentials at rest; the first encrypts "
+        "(`espbridge esp keygen` makes one).",
+    )
     host: str = Field("127.0.0.1", description="Address `espbridge serve` binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port `espbridge serve` listens on.")
     web_workers: int = Field(2, ge=1, description="gunicorn worker processes for `espbridge serve`.")

@@ -18,6 +18,8 @@ from connector.settings import Settings
 from connector.store import Role, connect
 from connector.tenancy import create_admin_user, create_store, find_store
 
+from .cli_esp import esp
+
 
 class Context:
     def __init__(self) -> None:
@@ -171,6 +173,36 @@ def worker(ctx: Context, threads: int | None) -> None:
 
 
 @main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address.")
+@click.option("--port", default=8100, show_default=True, help="Port (0: any free port).")
+@click.option(
+    "--time-scale",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Divide the rate-limit windows' lengths by this (60: a steady minute lasts a second).",
+)
+@click.option(
+    "--api-key",
+    "api_keys",
+    multiple=True,
+    help="Accepted Klaviyo private key (repeatable). Default: pk_sandbox_klaviyo.",
+)
+def sandbox(host: str, port: int, time_scale: float, api_keys: tuple[str, ...]) -> None:
+    """Run the ESP sandbox: a local emulation of the Klaviyo API. NOT Klaviyo; state is in memory."""
+    from connector.sandbox import DEFAULT_API_KEY, KlaviyoSandbox, SandboxServer
+
+    app = KlaviyoSandbox(api_keys=api_keys or (DEFAULT_API_KEY,), time_scale=time_scale)
+    server = SandboxServer(app, host=host, port=port)
+    click.echo(
+        f"espbridge ESP sandbox (NOT Klaviyo) emulating Klaviyo revision {app.revision} at {server.url}/api/ "
+        f"(admin: {server.url}/_sandbox/, time scale {time_scale:g}, {len(app.api_keys)} accepted key(s))",
+        err=True,
+    )
+    server.serve_forever()
+
+
+@main.command()
 @click.option("--customers", default=300, show_default=True, help="Customers in the generated storefront day.")
 @click.option("--port", default=8000, show_default=True, help="Port to serve on (0: any free port).")
 @click.option("--db", "db_path", default="espbridge-demo.db", show_default=True, help="SQLite file (recreated).")
@@ -182,6 +214,8 @@ def demo(customers: int, port: int, db_path: str, exit_after: bool, as_json: boo
 
     sys.exit(run_demo(customers=customers, port=port, db_path=db_path, exit_after=exit_after, as_json=as_json))
 
+
+main.add_command(esp)
 
 if __name__ == "__main__":
     main()

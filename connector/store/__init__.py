@@ -8,6 +8,7 @@ from .commerce import Cart, CartItem, Order, OrderItem, Product, Variant, Waitli
 from .consent import Channel, ConsentLedgerEntry, ConsentState, ConsentStatus
 from .contacts import Contact, Identity, IdentityKind
 from .db import Database, connect
+from .esp import EspConnection
 from .events import Event
 from .outbox import OutboxRow, OutboxStatus
 from .tenancy import AdminUser, Role, Store, WriteKey
@@ -23,6 +24,7 @@ __all__ = [
     "ConsentStatus",
     "Contact",
     "Database",
+    "EspConnection",
     "Event",
     "Identity",
     "IdentityKind",

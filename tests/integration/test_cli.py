@@ -27,12 +27,12 @@ def run(cli: CliRunner, *args: str, ok: bool = True) -> str:
 
 def test_help_lists_every_command() -> None:
     output = CliRunner().invoke(main, ["--help"]).output
-    for command in ("migrate", "stores", "users", "serve", "worker", "demo"):
+    for command in ("migrate", "stores", "users", "serve", "worker", "sandbox", "esp", "demo"):
         assert f"  {command} " in output
 
 
 def test_migrate_reports_the_head_revision(cli: CliRunner) -> None:
-    assert json.loads(run(cli, "migrate", "--json"))["revision"] == "0001"
+    assert json.loads(run(cli, "migrate", "--json"))["revision"] == "0002"
 
 
 def test_stores_create_prints_id_and_write_key_once(cli: CliRunner, db: Database) -> None:

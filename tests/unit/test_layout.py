@@ -22,6 +22,7 @@ def _modules_after_import(module: str) -> set[str]:
         "connector.ingest.projection",
         "connector.jobs.relay",
         "connector.tenancy",
+        "connector.sandbox",
     ],
 )
 def test_connector_never_imports_flask_or_web(module: str) -> None:

@@ -1,0 +1,83 @@
+"""Connecting a store to an ESP account: the base URL, the credentials (encrypted), the adapter settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import sqlalchemy as sa
+from pydantic import SecretStr
+from sqlalchemy.orm import Session
+
+from ..credentials import CredentialCipher
+from ..errors import InvalidInput, NotFound
+from ..store import EspConnection
+from ..store.base import utcnow
+
+#: The ESPs espbridge has adapters for, and the base URL of each one's real API.
+DEFAULT_BASE_URLS = {"klaviyo": "https://a.klaviyo.com"}
+
+
+@dataclass(frozen=True)
+class Connection:
+    """A connection with its credentials decrypted; the API key stays a SecretStr (never printed)."""
+
+    store_id: int
+    esp: str
+    base_url: str
+    api_key: SecretStr
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def connect(
+    session: Session,
+    cipher: CredentialCipher,
+    store_id: int,
+    esp: str,
+    *,
+    api_key: str,
+    base_url: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> EspConnection:
+    """Create or replace the store's connection to ``esp``."""
+    if esp not in DEFAULT_BASE_URLS:
+        raise InvalidInput("esp", f"must be one of {', '.join(sorted(DEFAULT_BASE_URLS))}")
+    if not api_key.strip():
+        raise InvalidInput("api_key", "required")
+    url = (base_url or DEFAULT_BASE_URLS[esp]).rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidInput("base_url", f"must be an http(s) URL, not {url!r}")
+    row = session.scalar(sa.select(EspConnection).where(EspConnection.store_id == store_id, EspConnection.esp == esp))
+    if row is None:
+        row = EspConnection(store_id=store_id, esp=esp)
+        session.add(row)
+    row.base_url = url
+    row.credentials = cipher.encrypt({"api_key": api_key.strip()})
+    if settings is not None:
+        row.settings = settings
+    row.updated_at = utcnow()
+    session.flush()
+    return row
+
+
+def load(session: Session, cipher: CredentialCipher, store_id: int, esp: str) -> Connection:
+    row = session.scalar(sa.select(EspConnection).where(EspConnection.store_id == store_id, EspConnection.esp == esp))
+    if row is None:
+        raise NotFound(f"store {store_id} is not connected to {esp}")
+    credentials = cipher.decrypt(row.credentials)
+    return Connection(store_id, esp, row.base_url, SecretStr(credentials["api_key"]), dict(row.settings))
+
+
+def connections(session: Session, store_id: int) -> list[EspConnection]:
+    query = sa.select(EspConnection).where(EspConnection.store_id == store_id).order_by(EspConnection.esp)
+    return list(session.scalars(query))
+
+
+def disconnect(session: Session, store_id: int, esp: str) -> None:
+    deleted = session.execute(
+        sa.delete(EspConnection).where(EspConnection.store_id == store_id, EspConnection.esp == esp)
+    )
+    if not deleted.rowcount:  # type: ignore[attr-defined]
+        raise NotFound(f"store {store_id} is not connected to {esp}")

@@ -1,0 +1,103 @@
+"""Connecting a store to an ESP: credentials encrypted at rest, never printed, scoped to their store."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner
+from pydantic import SecretStr
+
+from connector.credentials import CredentialCipher, CredentialsUnavailable, new_key
+from connector.errors import InvalidInput, NotFound
+from connector.esp import connections
+from connector.store import Database, EspConnection
+from connector.tenancy import NewStore
+from web.cli import main
+
+API_KEY = "pk_live_0123456789abcdef"
+
+
+@pytest.fixture
+def cipher() -> CredentialCipher:
+    return CredentialCipher(SecretStr(new_key()))
+
+
+def test_credentials_are_encrypted_at_rest_and_read_back(
+    db: Database, store: NewStore, cipher: CredentialCipher
+) -> None:
+    with db.writer() as session:
+        connections.connect(session, cipher, store.id, "klaviyo", api_key=API_KEY, base_url="http://127.0.0.1:8100/")
+    with db.reader() as session:
+        stored = session.scalar(sa.select(EspConnection.credentials))
+        connection = connections.load(session, cipher, store.id, "klaviyo")
+    assert stored is not None and API_KEY not in stored
+    assert connection.api_key.get_secret_value() == API_KEY
+    assert connection.base_url == "http://127.0.0.1:8100"
+    assert API_KEY not in repr(connection)
+
+
+def test_a_connection_belongs_to_its_store(
+    db: Database, store: NewStore, other_store: NewStore, cipher: CredentialCipher
+) -> None:
+    with db.writer() as session:
+        connections.connect(session, cipher, store.id, "klaviyo", api_key=API_KEY)
+    with db.reader() as session, pytest.raises(NotFound):
+        connections.load(session, cipher, other_store.id, "klaviyo")
+
+
+def test_connecting_again_replaces_the_key(db: Database, store: NewStore, cipher: CredentialCipher) -> None:
+    for key in ("first-key", "second-key"):
+        with db.writer() as session:
+            connections.connect(session, cipher, store.id, "klaviyo", api_key=key)
+    with db.reader() as session:
+        assert session.scalar(sa.select(sa.func.count(EspConnection.id))) == 1
+        assert connections.load(session, cipher, store.id, "klaviyo").api_key.get_secret_value() == "second-key"
+
+
+def test_keys_rotate_and_a_lost_key_is_a_clear_error(db: Database, store: NewStore) -> None:
+    old, new = new_key(), new_key()
+    with db.writer() as session:
+        connections.connect(session, CredentialCipher(SecretStr(old)), store.id, "klaviyo", api_key=API_KEY)
+    rotated = CredentialCipher(SecretStr(f"{new},{old}"))  # the new key first: it encrypts; both decrypt
+    with db.reader() as session:
+        assert connections.load(session, rotated, store.id, "klaviyo").api_key.get_secret_value() == API_KEY
+        with pytest.raises(CredentialsUnavailable, match="cannot be decrypted"):
+            connections.load(session, CredentialCipher(SecretStr(new)), store.id, "klaviyo")
+
+
+def test_bad_input_is_refused_by_field(db: Database, store: NewStore, cipher: CredentialCipher) -> None:
+    with db.writer() as session:
+        for kwargs, field in (
+            ({"esp": "mailchimp", "api_key": API_KEY}, "esp"),
+            ({"esp": "klaviyo", "api_key": "  "}, "api_key"),
+            ({"esp": "klaviyo", "api_key": API_KEY, "base_url": "ftp://x"}, "base_url"),
+        ):
+            with pytest.raises(InvalidInput) as raised:
+                connections.connect(session, cipher, store.id, **kwargs)
+            assert raised.value.field == field
+    with pytest.raises(CredentialsUnavailable, match="ESPBRIDGE_CREDENTIALS_KEY is not set"):
+        CredentialCipher(None).encrypt({"api_key": API_KEY})
+    with pytest.raises(CredentialsUnavailable, match="32 url-safe"):
+        CredentialCipher(SecretStr("not-a-key"))
+
+
+def test_cli_connects_lists_and_disconnects_without_printing_the_key(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, store: NewStore, db: Database
+) -> None:
+    monkeypatch.setenv("ESPBRIDGE_DATABASE_URL", database_url)
+    monkeypatch.setenv("ESPBRIDGE_CREDENTIALS_KEY", new_key())
+    cli = CliRunner()
+    connect = ["esp", "connect", "klaviyo", "--base-url", "http://127.0.0.1:8100"]
+    result = cli.invoke(main, connect, input=f"{API_KEY}\n")  # asked for, not echoed
+    assert result.exit_code == 0, result.output
+    listed = cli.invoke(main, ["esp", "list"])
+    assert "klaviyo\thttp://127.0.0.1:8100" in listed.output
+    assert API_KEY not in result.output + listed.output
+    assert cli.invoke(main, ["esp", "disconnect", "klaviyo"]).exit_code == 0
+    with db.reader() as session:
+        assert session.scalar(sa.select(sa.func.count(EspConnection.id))) == 0
+
+    monkeypatch.delenv("ESPBRIDGE_CREDENTIALS_KEY")
+    refused = cli.invoke(main, [*connect, "--api-key", API_KEY])
+    assert refused.exit_code == 2 and "ESPBRIDGE_CREDENTIALS_KEY is not set" in refused.output
+    assert len(cli.invoke(main, ["esp", "keygen"]).output.strip()) == 44
