@@ -1,8 +1,8 @@
 """Klaviyo adapter: a thin typed client over httpx, and the mapping from our contacts and events to Klaviyo's.
 
 Why httpx and not the official SDK: DESIGN.md section 6. Request bodies follow the JSON:API shapes of the
-official OpenAPI spec (revision ``REVISION``); tests/contract/klaviyo_schemas.json holds the schemas they are
-checked against (regenerate it with scripts/extract_klaviyo_schemas.py).
+official OpenAPI spec (revision ``REVISION``); tests/contract checks them against the spec extract the ESP
+sandbox validates with (connector/sandbox/klaviyo_spec.json, from scripts/extract_klaviyo_sandbox_spec.py).
 
 Two layers, kept apart:
 
