@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -54,12 +55,27 @@ class BenchError(RuntimeError):
     """A process the benchmark needs could not be started or answered wrongly."""
 
 
+def guarded(work: Callable[[], None]) -> tuple[str, int]:
+    """Run ``work``; return the outcome to record and the exit status. Ctrl-C or a :class:`BenchError` ends
+    it early, and the caller still reports and writes what was measured so far."""
+    try:
+        work()
+    except KeyboardInterrupt:
+        print("interrupted: every started process was stopped; partial results follow", file=sys.stderr)
+        return "interrupted", 130
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return f"failed: {exc}", 1
+    return "complete", 0
+
+
 def write_results(benchmark: str, payload: dict[str, Any]) -> Path:
-    """``bench/results/<benchmark>-<run id>.json`` (gitignored)."""
+    """``bench/results/<benchmark>-<run id>.json`` (gitignored); says where it went."""
     results = REPO / "bench" / "results"
     results.mkdir(exist_ok=True)
     path = results / f"{benchmark}-{payload['run_id']}.json"
     path.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"\nwritten: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
     return path
 
 

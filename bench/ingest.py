@@ -36,10 +36,10 @@ import sqlalchemy as sa
 from _cpu import CpuMeter, CpuUsage, wait_for_quiet
 from _load import LoadResult, Shape, run_open_loop, run_wrk
 from _procs import (
-    BenchError,
     Processes,
     ServerConfig,
     Target,
+    guarded,
     start_peer,
     start_postgres,
     start_redis,
@@ -403,22 +403,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminate)  # stop everything we started on SIGTERM too
     signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored
     rows: list[Row] = []
-    outcome, status = "complete", 0
     print(f"ingest benchmark {plan.run_id}: {os.cpu_count()} cores, {plan.seconds:g} s per scenario", flush=True)
-    try:
-        run(plan, rows)
-    except KeyboardInterrupt:
-        outcome, status = "interrupted", 130
-        print("interrupted: every started process was stopped; partial results follow", file=sys.stderr)
-    except BenchError as exc:
-        outcome, status = f"failed: {exc}", 1
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+    outcome, status = guarded(lambda: run(plan, rows))
     print()
     print(f"gunicorn: {plan.config.describe()}; wrk closed loop; fixed rate = half the saturation rate")
     print(table(rows))
     print(LEGEND)
-    path = write_results("ingest", to_json(plan, rows, ["python", "bench/ingest.py", *argv], outcome))
-    print(f"\nwritten: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    write_results("ingest", to_json(plan, rows, ["python", "bench/ingest.py", *argv], outcome))
     return status
 
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 from _cpu import CpuMeter, wait_for_quiet
-from _procs import HOST, REPO, VENV_BIN, BenchError, Proc, Processes, free_port, tail, write_results
+from _procs import HOST, REPO, VENV_BIN, BenchError, Proc, Processes, free_port, guarded, tail, write_results
 
 BENCH = Path(__file__).resolve().parent
 PYTHON = str(VENV_BIN / "python")
@@ -792,22 +792,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for client, why in skipped.items():
         print(f"skipping {client}: not importable ({why})", file=sys.stderr)
     runs: list[Run] = []
-    outcome, status = "complete", 0
     print(f"SDK benchmark {plan.run_id}: {', '.join(plan.scenarios)} for {', '.join(clients)}", flush=True)
-    try:
-        run_all(plan, clients, runs)
-    except KeyboardInterrupt:
-        outcome, status = "interrupted", 130
-        print("interrupted: every started process was stopped; partial results follow", file=sys.stderr)
-    except BenchError as exc:
-        outcome, status = f"failed: {exc}", 1
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+    outcome, status = guarded(lambda: run_all(plan, clients, runs))
     provenance.finish()
     print()
     print(report(plan, runs, clients, skipped, provenance))
     command = ["python", "bench/sdk.py", *argv]
-    path = write_results("sdk", to_json(plan, runs, clients, skipped, provenance, command, outcome))
-    print(f"\nwritten: {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
+    write_results("sdk", to_json(plan, runs, clients, skipped, provenance, command, outcome))
     return status
 
 
