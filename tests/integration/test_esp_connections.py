@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner
@@ -92,7 +94,9 @@ def test_cli_connects_lists_and_disconnects_without_printing_the_key(
     assert result.exit_code == 0, result.output
     listed = cli.invoke(main, ["esp", "list"])
     assert "klaviyo\thttp://127.0.0.1:8100" in listed.output
-    assert API_KEY not in result.output + listed.output
+    as_json = cli.invoke(main, ["esp", "list", "--json"])
+    assert [c["base_url"] for c in json.loads(as_json.output)["connections"]] == ["http://127.0.0.1:8100"]
+    assert API_KEY not in result.output + listed.output + as_json.output
     assert cli.invoke(main, ["esp", "disconnect", "klaviyo"]).exit_code == 0
     with db.reader() as session:
         assert session.scalar(sa.select(sa.func.count(EspConnection.id))) == 0
