@@ -11,6 +11,16 @@ from .db import Database, connect
 from .esp import EspConnection
 from .events import Event
 from .outbox import OutboxRow, OutboxStatus
+from .sync import (
+    Engagement,
+    EngagementKind,
+    EspLink,
+    SyncItem,
+    SyncItemStatus,
+    SyncKind,
+    SyncRun,
+    SyncRunStatus,
+)
 from .tenancy import AdminUser, Role, Store, WriteKey
 
 __all__ = [
@@ -24,7 +34,10 @@ __all__ = [
     "ConsentStatus",
     "Contact",
     "Database",
+    "Engagement",
+    "EngagementKind",
     "EspConnection",
+    "EspLink",
     "Event",
     "Identity",
     "IdentityKind",
@@ -35,6 +48,11 @@ __all__ = [
     "Product",
     "Role",
     "Store",
+    "SyncItem",
+    "SyncItemStatus",
+    "SyncKind",
+    "SyncRun",
+    "SyncRunStatus",
     "Variant",
     "WaitlistEntry",
     "WriteKey",
