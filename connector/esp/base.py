@@ -1,30 +1,80 @@
-"""The adapter protocol the sync engine talks to, and the no-op adapter used until the ESP issues land.
+"""The one protocol every ESP adapter implements, and the values the sync engine hands it.
 
-The Klaviyo and ActiveCampaign issues widen this protocol to batch operations (upsert profiles, send events,
-set subscriptions, mirror lists, erase); the outbox path that calls it is already real.
+The engine (connector/sync) owns everything ESP-neutral: which records are due, loading them, coalescing,
+skipping unchanged profiles by fingerprint, retries, dead letters, links. An adapter only maps records to its
+ESP's API and reports, per record, what happened. Adapters never raise for a record: an ``Outcome`` says which
+input indexes were done, rejected (the ESP refused that record; sending it again will not help), skipped
+(nothing the ESP can take), or failed with an ``EspError`` (the engine retries or dead-letters by its type).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..store import OutboxRow
+from ..store import Contact, Event
+from .errors import EspError
+
+
+@dataclass(frozen=True)
+class ConsentChange:
+    """A contact's current consent on one channel, as the engine read it from consent_state and the ledger."""
+
+    contact: Contact
+    channel: str
+    status: str
+    occurred_at: dt.datetime
+    #: The ledger action behind the state ("grant", "withdraw", "bounce", "complaint", …).
+    action: str | None = None
+    #: Collected before the ESP was connected (full syncs): sent as a historical import where the ESP has one.
+    imported: bool = False
+
+
+@dataclass(frozen=True)
+class TrackedEvent:
+    event: Event
+    contact: Contact
+
+
+@dataclass
+class Outcome:
+    """Per input index: ``remote_ids`` (done, with the ESP's id when known), ``rejected`` / ``skipped`` (reason),
+    ``failed`` (with ``error``). Indexes in none of them are done."""
+
+    remote_ids: dict[int, str] = field(default_factory=dict)
+    rejected: dict[int, str] = field(default_factory=dict)
+    skipped: dict[int, str] = field(default_factory=dict)
+    failed: set[int] = field(default_factory=set)
+    error: EspError | None = None
+    requests: int = 0
+
+    def fail(self, indexes: Sequence[int], error: EspError) -> None:
+        self.failed.update(i for i in indexes if i not in self.rejected and i not in self.skipped)
+        self.error = error
 
 
 class EspAdapter(Protocol):
-    name: str
+    """An ESP as the sync engine sees it. Instances are per store connection and used by one thread at a time."""
 
-    def deliver(self, row: OutboxRow) -> None:
-        """Make the ESP reflect the change ``row`` records; raise to have it retried."""
+    esp: str
 
+    def fingerprint(self, contact: Contact, consents: dict[str, str]) -> str:
+        """A digest of what would be sent for ``contact`` (its mapped profile and its consent per channel):
+        equal to the stored hash means the ESP already has it, so no request is needed."""
+        ...
 
-class NoopAdapter:
-    """Accepts every outbox row and sends nothing; counts what it saw so tests and the demo can show it."""
+    def upsert_profiles(self, contacts: Sequence[Contact], *, bulk: bool) -> Outcome:
+        """Create or update profiles; ``bulk`` for large batches (full syncs), else one request per profile."""
+        ...
 
-    name = "noop"
+    def send_events(self, events: Sequence[TrackedEvent], *, backfill: bool = False) -> Outcome:
+        """Send tracked events exactly once (deduplicated by messageId); ``backfill`` for historical imports."""
+        ...
 
-    def __init__(self) -> None:
-        self.delivered = 0
+    def set_consent(self, changes: Sequence[ConsentChange]) -> Outcome:
+        """Make the ESP's subscription state match ours: subscribe, unsubscribe, or suppress."""
+        ...
 
-    def deliver(self, row: OutboxRow) -> None:
-        self.delivered += 1
+    def close(self) -> None: ...

@@ -66,10 +66,13 @@ class RateLimited(EspError):
         retry_after: float | None,
         status: int | None = 429,
         accepted: Sequence[Accepted] = (),
+        operation: str | None = None,
     ) -> None:
         super().__init__(message, status=status, accepted=accepted)
         #: Seconds to wait before retrying (from Retry-After, seconds or HTTP date); None when not given.
         self.retry_after = retry_after
+        #: The ESP operation whose limit was hit (rate limits are per operation), when the adapter knows it.
+        self.operation = operation
 
 
 class Transient(EspError):

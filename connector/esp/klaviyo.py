@@ -616,7 +616,10 @@ class KlaviyoClient:
         )
         if response.is_success:
             return response
-        raise map_error(response, method=method, records=records, record_index=record_index)
+        error = map_error(response, method=method, records=records, record_index=record_index)
+        if isinstance(error, RateLimited):
+            error.operation = operation
+        raise error
 
 
 # --- error mapping: the one place HTTP failures become our errors -------------------------------------------------

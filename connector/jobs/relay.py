@@ -6,7 +6,8 @@ Each tick (every ``relay_interval`` seconds):
    send leaves rows ``enqueued``; step 2 recovers them.
 2. re-sends rows ``enqueued`` longer than ``outbox_visibility_timeout`` ago (a lost message, a flushed
    Redis, a worker killed mid-job). Delivery is idempotent, so a rare second send is harmless.
-3. sends a projection job for every store with unprojected events, so events acknowledged while no job
+3. does steps 1 and 2 for sync items (connector.sync.queue), sent in batches per store, ESP and kind;
+4. sends a projection job for every store with unprojected events, so events acknowledged while no job
    reached the broker are still projected.
 Several relays (one per worker process) may run at once; the claims keep them from sending a row twice.
 """
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 
 from ..ingest.accept import pending_projection
 from ..store import Database, OutboxRow, OutboxStatus, utcnow
+from ..sync import queue
 from .tasks import Jobs
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ class TickReport:
     enqueued: int
     swept: int
     projection_kicks: int
+    sync_items: int = 0
 
 
 def enqueue_due(db: Database, send: Callable[[int], object], *, limit: int = CLAIM_LIMIT) -> int:
@@ -93,10 +96,15 @@ class Relay:
         swept = sweep_stalled(
             jobs.db, jobs.deliver_outbox.send, visibility_timeout=jobs.settings.outbox_visibility_timeout
         )
+        send_batch = jobs.sync_items.send
+        sync_items = queue.claim_due(jobs.db, send_batch)
+        sync_items += queue.sweep_stalled(
+            jobs.db, send_batch, visibility_timeout=jobs.settings.outbox_visibility_timeout
+        )
         stores = pending_projection(jobs.db)
         for store_id in stores:
             jobs.project_events.send(store_id)
-        return TickReport(enqueued=enqueued, swept=swept, projection_kicks=len(stores))
+        return TickReport(enqueued=enqueued, swept=swept, projection_kicks=len(stores), sync_items=sync_items)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="espbridge-relay", daemon=True)

@@ -1,8 +1,11 @@
 """Actors, bound to an explicit broker and database.
 
-Jobs carry ids, never objects. Delivery retries are kept on the outbox row (attempts, available_at,
-last_error) rather than in the broker message: the database is the source of truth, so a Redis flush or a
-crash forgets no retry, and dead rows stay visible with their last error.
+Jobs carry ids, never objects. Delivery retries are kept on the rows (outbox rows, sync items: attempts,
+available_at, last_error) rather than in the broker message: the database is the source of truth, so a Redis
+flush or a crash forgets no retry, and dead rows stay visible with their last error.
+
+``deliver_outbox`` fans an outbox row out into one sync item per connected ESP (connector.sync.queue);
+``sync_items`` sends a batch of them to one ESP (connector.sync.engine).
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from typing import Any
 import dramatiq
 from dramatiq.common import compute_backoff
 
-from ..esp.base import EspAdapter, NoopAdapter
+from ..credentials import CredentialCipher
 from ..ingest.projection import project_pending
 from ..settings import Settings
 from ..store import Database, OutboxRow, OutboxStatus, utcnow
+from ..sync import queue
+from ..sync.adapters import AdapterCache, AdapterOptions
+from ..sync.engine import SyncEngine
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +48,16 @@ class Jobs:
     settings: Settings
     db: Database
     broker: dramatiq.Broker
-    adapter: EspAdapter = field(default_factory=NoopAdapter)
+    adapter_options: AdapterOptions | None = None
     _projection_turns: defaultdict[int, _Turn] = field(default_factory=lambda: defaultdict(_Turn), repr=False)
 
     def __post_init__(self) -> None:
         self.project_events = self._actor(self._project_events, "project_events", max_retries=5)
         self.deliver_outbox = self._actor(self._deliver_outbox, "deliver_outbox", max_retries=0)
+        self.sync_items = self._actor(self._sync_items, "sync_items", max_retries=0, time_limit=3_600_000)
+        options = self.adapter_options or AdapterOptions(redis_client=getattr(self.broker, "client", None))
+        adapters = AdapterCache(CredentialCipher(self.settings.credentials_key), options)
+        self.engine = SyncEngine(self.db, self.settings, adapters)
 
     def _actor(self, fn: Any, name: str, **options: Any) -> dramatiq.Actor[Any, Any]:
         return dramatiq.Actor(fn, broker=self.broker, actor_name=name, queue_name=QUEUE, priority=0, options=options)
@@ -71,19 +81,20 @@ class Jobs:
             turn.lock.release()
 
     def _deliver_outbox(self, row_id: int) -> None:
-        with self.db.reader() as session:
-            row = session.get(OutboxRow, row_id)
-            if row is None or row.status in (OutboxStatus.DONE, OutboxStatus.DEAD):
-                return
         try:
-            self.adapter.deliver(row)
+            with self.db.writer() as session:
+                row = session.get(OutboxRow, row_id)
+                if row is None or row.status in (OutboxStatus.DONE, OutboxStatus.DEAD):
+                    return
+                queue.fan_out(session, row)
+                row.status, row.done_at, row.attempts = OutboxStatus.DONE, utcnow(), row.attempts + 1
         except Exception as exc:  # any failure is recorded on the row and retried from there
             self._reschedule(row_id, exc)
-            return
-        with self.db.writer() as session:
-            row = session.get(OutboxRow, row_id)
-            if row is not None:
-                row.status, row.done_at, row.attempts = OutboxStatus.DONE, utcnow(), row.attempts + 1
+
+    def _sync_items(self, store_id: int, esp: str, item_ids: list[int]) -> None:
+        # Failures of the ESP are settled per item inside the engine; an exception here (database down) leaves
+        # the items enqueued, and the sweeper sends them again after the visibility timeout.
+        self.engine.run(store_id, esp, item_ids)
 
     def _reschedule(self, row_id: int, exc: Exception) -> None:
         settings = self.settings

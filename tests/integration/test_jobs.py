@@ -84,27 +84,27 @@ def test_embedded_worker_delivers_every_row(runtime: Runtime, db: Database, stor
     _add_rows(db, store, 20)
     assert isinstance(runtime.broker, EmbeddedBroker)
     runtime.start_background()
-    # Then the relay enqueues them, the actor hands them to the adapter and marks them done
+    # Then the relay enqueues them, the actor fans them out to the store's ESPs (none here) and marks them done
     assert _wait_for(lambda: _statuses(db) == {"done": 20}), _statuses(db)
-    assert runtime.jobs.adapter.delivered == 20  # type: ignore[attr-defined]
 
 
-class FlakyAdapter:
-    name = "flaky"
-
+class FlakyFanOut:
     def __init__(self, failures: int) -> None:
         self.failures = failures
         self.calls = 0
 
-    def deliver(self, row: OutboxRow) -> None:
+    def __call__(self, session: object, row: OutboxRow) -> int:
         self.calls += 1
         if self.calls <= self.failures:
-            raise ConnectionError("ESP unreachable")
+            raise ConnectionError("database unreachable")
+        return 0
 
 
-def test_failed_delivery_is_retried_with_backoff_from_the_row(runtime: Runtime, db: Database, store: NewStore) -> None:
-    # Given an adapter that fails twice
-    runtime.jobs.adapter = FlakyAdapter(failures=2)
+def test_failed_delivery_is_retried_with_backoff_from_the_row(
+    runtime: Runtime, db: Database, store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a fan-out that fails twice
+    monkeypatch.setattr("connector.sync.queue.fan_out", FlakyFanOut(failures=2))
     (row_id,) = _add_rows(db, store, 1)
     runtime.start_background()
     # Then the row is retried (attempts and last error kept on the row) until it succeeds
@@ -113,19 +113,21 @@ def test_failed_delivery_is_retried_with_backoff_from_the_row(runtime: Runtime, 
         row = session.get(OutboxRow, row_id)
         assert row is not None
         assert row.attempts == 3
-        assert row.last_error == "ConnectionError: ESP unreachable"
+        assert row.last_error == "ConnectionError: database unreachable"
 
 
-def test_delivery_failing_past_max_age_is_dead(settings: Settings, db: Database, store: NewStore) -> None:
+def test_delivery_failing_past_max_age_is_dead(
+    settings: Settings, db: Database, store: NewStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runtime = Runtime(settings.model_copy(update={"retry_max_age": 0.001}), db=db)
-    runtime.jobs.adapter = FlakyAdapter(failures=10**6)
+    monkeypatch.setattr("connector.sync.queue.fan_out", FlakyFanOut(failures=10**6))
     (row_id,) = _add_rows(db, store, 1)
     time.sleep(0.01)
     runtime.jobs.deliver_outbox.fn(row_id)
     with db.reader() as session:
         row = session.get(OutboxRow, row_id)
         assert row is not None and row.status == OutboxStatus.DEAD
-        assert row.last_error == "ConnectionError: ESP unreachable"
+        assert row.last_error == "ConnectionError: database unreachable"
 
 
 @pytest.mark.integration
@@ -150,7 +152,8 @@ def test_redis_broker_path_runs_for_real(
 def test_actors_are_bound_to_the_runtime_broker_not_a_global(runtime: Runtime) -> None:
     assert runtime.jobs.project_events.broker is runtime.broker
     assert runtime.jobs.deliver_outbox.broker is runtime.broker
-    assert {"project_events", "deliver_outbox"} <= runtime.broker.get_declared_actors()
+    assert runtime.jobs.sync_items.broker is runtime.broker
+    assert {"project_events", "deliver_outbox", "sync_items"} <= runtime.broker.get_declared_actors()
 
 
 def test_one_thread_per_process_works_a_store_s_projection_and_a_kick_makes_it_look_again(

@@ -1,0 +1,250 @@
+"""Klaviyo behind the sync engine's ``EspAdapter`` protocol: ``KlaviyoClient`` calls, per-record outcomes.
+
+Where a Klaviyo request refuses named records (a 400 whose JSON pointers name them), those records are
+recorded as rejected and the rest of the batch is sent again without them, so one bad address never holds
+back a thousand good ones. Bulk profile imports are asynchronous at Klaviyo: the adapter waits for the job
+(bounded by ``job_timeout``) and reads its import errors, so rejections are known before a link is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..errors import InvalidInput
+from ..store import Contact
+from .base import ConsentChange, Outcome, TrackedEvent
+from .errors import Accepted, EspError, Permanent, RateLimited, Rejected, Transient
+from .klaviyo import ConsentUpdate, KlaviyoClient, KlaviyoEvent, KlaviyoProfile, ProfileMapping, plan_consent
+
+#: Rounds of "drop the rejected records, send the rest" before giving up on a batch.
+MAX_REJECTION_ROUNDS = 5
+
+
+class KlaviyoAdapter:
+    """Parameters:
+    client: the HTTP client (its limiter is the shared rate limiter).
+    mapping: the store's field mapping.
+    list_id: the Klaviyo list subscriptions go to (None: subscribe without a list).
+    job_timeout / poll_interval: how long to wait for a bulk import job, and how often to look.
+    pause: called with (operation, seconds) on a 429, so every worker honours the Retry-After.
+    """
+
+    esp = "klaviyo"
+
+    def __init__(
+        self,
+        client: KlaviyoClient,
+        mapping: ProfileMapping | None = None,
+        *,
+        list_id: str | None = None,
+        job_timeout: float = 600.0,
+        poll_interval: float = 1.0,
+        pause: Callable[[str, float], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.client = client
+        self.mapping = mapping or ProfileMapping()
+        self.list_id = list_id
+        self.job_timeout = job_timeout
+        self.poll_interval = poll_interval
+        self._pause = pause
+        self._sleep = sleep
+
+    def close(self) -> None:
+        self.client.close()
+
+    def fingerprint(self, contact: Contact, consents: dict[str, str]) -> str:
+        try:
+            resource: Any = self.mapping.profile(contact).resource()
+        except InvalidInput:
+            resource = None  # no identifier: nothing can be sent, and the digest says so
+        document = json.dumps([resource, sorted(consents.items())], sort_keys=True, default=str)
+        return hashlib.sha256(document.encode()).hexdigest()
+
+    # profiles
+
+    def upsert_profiles(self, contacts: Sequence[Contact], *, bulk: bool) -> Outcome:
+        outcome = Outcome()
+        profiles: dict[int, KlaviyoProfile] = {}
+        for index, contact in enumerate(contacts):
+            try:
+                profiles[index] = self.mapping.profile(contact)
+            except InvalidInput as exc:
+                outcome.skipped[index] = f"no identifier Klaviyo accepts ({exc})"
+        if bulk:
+            self._bulk_profiles(profiles, outcome)
+            return outcome
+        indexes = list(profiles)
+        for position, index in enumerate(indexes):
+            try:
+                ref = self.client.import_profile(profiles[index])
+            except Rejected as error:
+                outcome.requests += 1
+                outcome.rejected[index] = error.message
+            except EspError as error:
+                outcome.requests += 1
+                self._failed(outcome, indexes[position:], error)
+                break
+            else:
+                outcome.requests += 1
+                outcome.remote_ids[index] = ref.id
+        return outcome
+
+    def _bulk_profiles(self, profiles: dict[int, KlaviyoProfile], outcome: Outcome) -> None:
+        sent = self._send_resilient(
+            list(profiles), lambda chunk: self.client.bulk_import_profiles([profiles[i] for i in chunk]), outcome
+        )
+        for accepted, chunk in sent:
+            if accepted.job_id is None:
+                continue
+            try:
+                self._await_job(accepted.job_id, chunk, profiles, outcome)
+            except EspError as error:
+                self._failed(outcome, chunk, error)
+
+    def _await_job(self, job_id: str, chunk: list[int], profiles: dict[int, KlaviyoProfile], outcome: Outcome) -> None:
+        deadline = time.monotonic() + self.job_timeout
+        while True:
+            status = self.client.bulk_import_job(job_id)
+            outcome.requests += 1
+            if status.finished:
+                break
+            if time.monotonic() >= deadline:
+                raise Transient(f"bulk import job {job_id} still {status.status} after {self.job_timeout:.0f} s")
+            self._sleep(self.poll_interval)
+        if not status.failed_count:
+            return
+        by_identifier: dict[tuple[str, str], int] = {}
+        for index in chunk:
+            profile = profiles[index]
+            for name in ("email", "phone_number", "external_id"):
+                value = getattr(profile, name)
+                if value:
+                    by_identifier.setdefault((name, value.lower() if name == "email" else value), index)
+        failures = self.client.bulk_import_errors(job_id)
+        outcome.requests += 1
+        for failure in failures:
+            payload = failure.original_payload or {}
+            attrs = payload.get("attributes", payload) if isinstance(payload, dict) else {}
+            for name in ("email", "phone_number", "external_id"):
+                value = attrs.get(name) if isinstance(attrs, dict) else None
+                if isinstance(value, str):
+                    match = by_identifier.get((name, value.lower() if name == "email" else value))
+                    if match is not None:
+                        outcome.rejected[match] = f"{failure.title}: {failure.detail} [{failure.code}]"
+                        break
+
+    # events
+
+    def send_events(self, events: Sequence[TrackedEvent], *, backfill: bool = False) -> Outcome:
+        outcome = Outcome()
+        mapped: dict[int, KlaviyoEvent] = {}
+        for index, tracked in enumerate(events):
+            try:
+                mapped[index] = self.mapping.event(tracked.event, tracked.contact, backfill=backfill)
+            except InvalidInput as exc:
+                outcome.skipped[index] = f"not sendable to Klaviyo ({exc})"
+        indexes = list(mapped)
+        if len(indexes) == 1:
+            try:
+                self.client.create_event(mapped[indexes[0]])
+                outcome.requests += 1
+            except Rejected as error:
+                outcome.requests += 1
+                outcome.rejected[indexes[0]] = error.message
+            except EspError as error:
+                outcome.requests += 1
+                self._failed(outcome, indexes, error)
+            return outcome
+
+        def send(chunk: list[int]) -> list[Accepted]:
+            return list(self.client.bulk_create_events([mapped[i] for i in chunk]).accepted)
+
+        self._send_resilient(indexes, send, outcome)
+        return outcome
+
+    # consent
+
+    def set_consent(self, changes: Sequence[ConsentChange]) -> Outcome:
+        outcome = Outcome()
+        groups: dict[str, list[int]] = {"subscribe": [], "historical": [], "unsubscribe": [], "suppress": []}
+        updates: dict[int, ConsentUpdate] = {}
+        emails: dict[int, str] = {}
+        for index, change in enumerate(changes):
+            plan = plan_consent(
+                change.contact,
+                change.channel,
+                change.status,
+                occurred_at=change.occurred_at,
+                ledger_action=change.action,
+                imported=change.imported,
+            )
+            if plan.action == "none":
+                outcome.skipped[index] = f"nothing to send for {change.channel} {change.status}"
+            elif plan.action == "suppress" and plan.email:
+                groups["suppress"].append(index)
+                emails[index] = plan.email
+            elif plan.update is not None:
+                updates[index] = plan.update
+                key = "historical" if plan.action == "subscribe" and plan.historical_import else plan.action
+                groups[key].append(index)
+        calls: dict[str, Callable[[list[int]], list[Accepted]]] = {
+            "subscribe": lambda chunk: self.client.subscribe([updates[i] for i in chunk], list_id=self.list_id),
+            "historical": lambda chunk: self.client.subscribe(
+                [updates[i] for i in chunk], historical_import=True, list_id=self.list_id
+            ),
+            "unsubscribe": lambda chunk: self.client.unsubscribe([updates[i] for i in chunk]),
+            "suppress": lambda chunk: self.client.suppress([emails[i] for i in chunk]),
+        }
+        # Withdrawals first: if the account's budget runs out mid-way, the unsubscribes are the ones that went.
+        for key in ("suppress", "unsubscribe", "historical", "subscribe"):
+            if groups[key]:
+                self._send_resilient(groups[key], calls[key], outcome)
+        return outcome
+
+    # plumbing
+
+    def _send_resilient(
+        self, indexes: list[int], send: Callable[[list[int]], list[Accepted]], outcome: Outcome
+    ) -> list[tuple[Accepted, list[int]]]:
+        """Send ``indexes``; records Klaviyo rejects by name are dropped and the rest sent again.
+
+        Returns each accepted request with the input indexes it covered. Whatever fails otherwise is marked
+        failed in ``outcome`` with the error (the engine decides about retries).
+        """
+        sent: list[tuple[Accepted, list[int]]] = []
+        remaining = indexes
+        for _ in range(MAX_REJECTION_ROUNDS):
+            if not remaining:
+                return sent
+            try:
+                accepted = send(remaining)
+            except EspError as error:
+                outcome.requests += len(error.accepted) + 1
+                covered: set[int] = set()
+                for item in error.accepted:
+                    span = range(item.offset, item.offset + item.count)
+                    covered.update(span)
+                    sent.append((item, [remaining[p] for p in span]))
+                if not isinstance(error, Rejected):
+                    self._failed(outcome, [remaining[p] for p in range(len(remaining)) if p not in covered], error)
+                    return sent
+                refused = {r.index for r in error.records}
+                for record in error.records:
+                    outcome.rejected[remaining[record.index]] = record.detail
+                remaining = [remaining[p] for p in range(len(remaining)) if p not in covered and p not in refused]
+                continue
+            outcome.requests += len(accepted)
+            sent += [(item, remaining[item.offset : item.offset + item.count]) for item in accepted]
+            return sent
+        self._failed(outcome, remaining, Permanent(f"still rejecting records after {MAX_REJECTION_ROUNDS} rounds"))
+        return sent
+
+    def _failed(self, outcome: Outcome, indexes: Sequence[int], error: EspError) -> None:
+        if isinstance(error, RateLimited) and error.retry_after and self._pause is not None and error.operation:
+            self._pause(error.operation, error.retry_after)
+        outcome.fail(indexes, error)

@@ -1,0 +1,99 @@
+"""Building a store's ESP adapter from its stored connection, with the account's shared rate limiter."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import httpx
+import redis
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..credentials import CredentialCipher
+from ..errors import InvalidInput, NotFound
+from ..esp import connections
+from ..esp.base import EspAdapter
+from ..esp.connections import Connection
+from ..esp.klaviyo import RATE_LIMITS, KlaviyoClient, ProfileMapping
+from ..esp.klaviyo_adapter import KlaviyoAdapter
+from ..store import EspConnection
+from .ratelimit import SharedRateLimiter, Window, account_key
+
+#: Connection settings an adapter reads (``espbridge esp connect … --setting``), with their meaning.
+SETTINGS_KEYS = {
+    "mapping": "Klaviyo field mapping (ProfileMapping.from_config)",
+    "list_id": "the Klaviyo list subscriptions are made to",
+    "rate_limit_scale": "divides the documented rate-limit windows; only for the sandbox's --time-scale",
+    "timeout": "HTTP timeout in seconds",
+}
+
+KLAVIYO_WINDOWS = {op: (Window(burst, 1.0), Window(steady, 60.0)) for op, (burst, steady) in RATE_LIMITS.items()}
+
+
+@dataclass(frozen=True)
+class AdapterOptions:
+    redis_client: redis.Redis | None = None
+    #: Longest a request waits for the shared limiter inside a job before the job reschedules it.
+    max_wait: float = 120.0
+    job_timeout: float = 600.0
+    #: An httpx transport for every adapter's client (tests route requests to an in-process sandbox).
+    transport: httpx.BaseTransport | None = None
+
+
+def build_adapter(connection: Connection, options: AdapterOptions) -> EspAdapter:
+    settings = connection.settings
+    if connection.esp != "klaviyo":
+        raise InvalidInput("esp", f"no adapter for {connection.esp!r}")
+    scale = float(settings.get("rate_limit_scale", 1.0))
+    api_key = connection.api_key.get_secret_value()
+    limiter = SharedRateLimiter(
+        account_key("klaviyo", api_key),
+        KLAVIYO_WINDOWS,
+        redis_client=options.redis_client,
+        time_scale=scale,
+        max_wait=options.max_wait,
+    )
+    client = KlaviyoClient(
+        api_key,
+        base_url=connection.base_url,
+        timeout=float(settings.get("timeout", 30.0)),
+        transport=options.transport,
+        limiter=limiter.acquire,
+    )
+    return KlaviyoAdapter(
+        client,
+        ProfileMapping.from_config(settings.get("mapping") or {}),
+        list_id=settings.get("list_id"),
+        job_timeout=options.job_timeout,
+        poll_interval=min(1.0, 1.0 / scale) if scale > 0 else 1.0,
+        pause=limiter.pause,
+    )
+
+
+class AdapterCache:
+    """One adapter per (store, ESP, connection version) per thread: adapters keep an HTTP connection open and
+    are used by one thread at a time. A changed connection (new key or URL) builds a new one."""
+
+    def __init__(self, cipher: CredentialCipher, options: AdapterOptions) -> None:
+        self.cipher = cipher
+        self.options = options
+        self._local = threading.local()
+
+    def get(self, session: Session, store_id: int, esp: str) -> EspAdapter:
+        """The store's adapter for ``esp``; ``NotFound`` when the store is not connected to it."""
+        row = session.scalar(
+            sa.select(EspConnection).where(EspConnection.store_id == store_id, EspConnection.esp == esp)
+        )
+        if row is None:
+            raise NotFound(f"store {store_id} is not connected to {esp}")
+        cache: dict[tuple[int, str], tuple[object, EspAdapter]] = self._local.__dict__.setdefault("adapters", {})
+        version = (row.updated_at, row.base_url, row.credentials)
+        cached = cache.get((store_id, esp))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        if cached is not None:
+            cached[1].close()
+        adapter = build_adapter(connections.load(session, self.cipher, store_id, esp), self.options)
+        cache[(store_id, esp)] = (version, adapter)
+        return adapter

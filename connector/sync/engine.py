@@ -1,0 +1,273 @@
+"""The incremental sync: one job takes a batch of sync items of one store, ESP and kind, and settles each one.
+
+Loading happens in a short read transaction, the ESP calls outside any transaction (they may wait on the
+shared rate limiter), and the outcome of every item is written in one transaction at the end:
+
+- done: the ESP has it; for profiles the link (ESP id, fingerprint) is stored. A profile whose fingerprint
+  equals the stored one is done without a request.
+- skipped: nothing to send (no identifier the ESP takes, merged away, not connected any more).
+- dead (a dead letter, replayable): rejected by the ESP, a permanent or auth failure, or failing for longer
+  than ``retry_max_age``. ``last_error`` carries the ESP's own text.
+- pending again: transient failures and 429s, at ``now + Retry-After`` or exponential backoff with jitter.
+
+A crash at any point leaves the items enqueued; the sweeper sends them again and every operation is
+idempotent (profiles are upserts, events carry ``unique_id`` = messageId).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from dramatiq.common import compute_backoff
+
+from ..credentials import CredentialsUnavailable
+from ..errors import NotFound
+from ..esp.base import ConsentChange, EspAdapter, Outcome, TrackedEvent
+from ..esp.errors import EspError, RateLimited, Transient
+from ..settings import Settings
+from ..store import Database, Event, SyncItem, SyncItemStatus, SyncKind, utcnow
+from . import records
+from .adapters import AdapterCache
+
+log = logging.getLogger(__name__)
+
+#: Sends what a loader prepared, with the adapter; returns the number of requests made.
+_Send = Callable[[EspAdapter], int]
+
+#: A batch with at least this many changed profiles goes as a bulk import job rather than one request each.
+BULK_PROFILE_THRESHOLD = 100
+
+
+@dataclass
+class SyncReport:
+    done: int = 0
+    skipped: int = 0
+    dead: int = 0
+    retried: int = 0
+    requests: int = 0
+
+
+@dataclass
+class _Settled:
+    """What happened to each item of a batch, keyed by item id."""
+
+    done: set[int] = field(default_factory=set)
+    skipped: dict[int, str] = field(default_factory=dict)
+    dead: dict[int, str] = field(default_factory=dict)
+    failed: dict[int, EspError] = field(default_factory=dict)
+    links: list[records.LinkUpdate] = field(default_factory=list)
+
+    def apply(self, outcome: Outcome, item_ids: Sequence[int]) -> None:
+        for index, item_id in enumerate(item_ids):
+            if index in outcome.rejected:
+                self.dead[item_id] = f"rejected by the ESP: {outcome.rejected[index]}"
+            elif index in outcome.skipped:
+                self.skipped[item_id] = outcome.skipped[index]
+            elif index in outcome.failed and outcome.error is not None:
+                self.failed[item_id] = outcome.error
+            else:
+                self.done.add(item_id)
+
+
+class SyncEngine:
+    def __init__(self, db: Database, settings: Settings, adapters: AdapterCache) -> None:
+        self.db = db
+        self.settings = settings
+        self.adapters = adapters
+
+    def run(self, store_id: int, esp: str, item_ids: Sequence[int]) -> SyncReport:
+        settled = _Settled()
+        report = SyncReport()
+        with self.db.reader() as session:
+            items = list(
+                session.scalars(
+                    sa.select(SyncItem).where(
+                        SyncItem.store_id == store_id,
+                        SyncItem.esp == esp,
+                        SyncItem.id.in_(item_ids),
+                        SyncItem.status == SyncItemStatus.ENQUEUED,
+                    )
+                )
+            )
+            if not items:
+                return report
+            adapter: EspAdapter | None = None
+            try:
+                adapter = self.adapters.get(session, store_id, esp)
+            except NotFound as exc:
+                settled.skipped.update((item.id, str(exc)) for item in items)
+                items = []
+            except CredentialsUnavailable as exc:  # the key to decrypt credentials is missing: an operator fixes it
+                settled.failed.update((item.id, Transient(str(exc))) for item in items)
+                items = []
+            by_kind: dict[str, list[SyncItem]] = {}
+            for item in items:
+                by_kind.setdefault(item.kind, []).append(item)
+            work = [
+                (kind, self._loaders[kind](self, session, store_id, by_kind[kind], settled))
+                for kind in (SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.EVENT)
+                if kind in by_kind
+            ]
+        if adapter is not None:
+            for _kind, send in work:
+                report.requests += send(adapter)
+        self._write(store_id, esp, settled, report)
+        return report
+
+    # loaders: read what to send (inside the read transaction), return the sending step (outside it)
+
+    def _profiles(self, session: sa.orm.Session, store_id: int, items: list[SyncItem], settled: _Settled) -> _Send:
+        contacts = records.live_contacts(session, store_id, [int(i.subject_id) for i in items])
+        ids = [c.id for c in contacts.values()]
+        consents = records.consent_states(session, store_id, ids)
+        known = records.links(session, store_id, items[0].esp, ids)
+        changed: list[tuple[SyncItem, int]] = []
+        seen: set[int] = set()
+        fingerprints: dict[int, str] = {}
+
+        def prepare(adapter: EspAdapter) -> None:
+            for item in items:
+                contact = contacts.get(int(item.subject_id))
+                if contact is None:
+                    settled.skipped[item.id] = "contact no longer exists"
+                    continue
+                if contact.id in seen:  # two items resolved to one survivor of a merge
+                    settled.done.add(item.id)
+                    continue
+                seen.add(contact.id)
+                fingerprints[contact.id] = adapter.fingerprint(contact, consents.get(contact.id, {}))
+                link = known.get(contact.id)
+                if link is not None and link.synced_hash == fingerprints[contact.id]:
+                    settled.done.add(item.id)  # the ESP already has exactly this
+                else:
+                    changed.append((item, contact.id))
+
+        def send(adapter: EspAdapter) -> int:
+            prepare(adapter)
+            if not changed:
+                return 0
+            batch = [contacts[int(item.subject_id)] for item, _ in changed]
+            outcome = adapter.upsert_profiles(batch, bulk=len(batch) >= BULK_PROFILE_THRESHOLD)
+            item_ids = [item.id for item, _ in changed]
+            settled.apply(outcome, item_ids)
+            for index, (item, contact_id) in enumerate(changed):
+                if item.id in settled.done:
+                    remote = outcome.remote_ids.get(index)
+                    settled.links.append(records.LinkUpdate(contact_id, fingerprints[contact_id], remote))
+            return outcome.requests
+
+        return send
+
+    def _consents(self, session: sa.orm.Session, store_id: int, items: list[SyncItem], settled: _Settled) -> _Send:
+        wanted: dict[tuple[int, str], SyncItem] = {}
+        for item in items:
+            subject, _, channel = item.subject_id.partition(":")
+            wanted[(int(subject), channel)] = item
+        contacts = records.live_contacts(session, store_id, {cid for cid, _ in wanted})
+        rows = {
+            (row.contact_id, row.channel): row
+            for row in records.consent_rows(session, store_id, [c.id for c in contacts.values()])
+        }
+        changes: list[ConsentChange] = []
+        change_items: list[int] = []
+        for (contact_id, channel), item in wanted.items():
+            contact = contacts.get(contact_id)
+            row = rows.get((contact.id, channel)) if contact is not None else None
+            if contact is None or row is None:
+                settled.skipped[item.id] = "no consent state to send"
+                continue
+            changes.append(ConsentChange(contact, channel, row.status, row.occurred_at, row.action))
+            change_items.append(item.id)
+
+        def send(adapter: EspAdapter) -> int:
+            if not changes:
+                return 0
+            outcome = adapter.set_consent(changes)
+            settled.apply(outcome, change_items)
+            return outcome.requests
+
+        return send
+
+    def _events(self, session: sa.orm.Session, store_id: int, items: list[SyncItem], settled: _Settled) -> _Send:
+        by_id = {int(item.subject_id): item for item in items}
+        events = list(session.scalars(sa.select(Event).where(Event.store_id == store_id, Event.id.in_(by_id))))
+        contacts = records.live_contacts(session, store_id, {e.contact_id for e in events if e.contact_id})
+        tracked: list[TrackedEvent] = []
+        tracked_items: list[int] = []
+        found = {e.id for e in events}
+        for event_id, item in by_id.items():
+            if event_id not in found:
+                settled.skipped[item.id] = "event no longer exists"
+        for event in events:
+            contact = contacts.get(event.contact_id) if event.contact_id else None
+            if contact is None:
+                settled.skipped[by_id[event.id].id] = "event has no contact"
+                continue
+            tracked.append(TrackedEvent(event, contact))
+            tracked_items.append(by_id[event.id].id)
+
+        def send(adapter: EspAdapter) -> int:
+            if not tracked:
+                return 0
+            outcome = adapter.send_events(tracked)
+            settled.apply(outcome, tracked_items)
+            return outcome.requests
+
+        return send
+
+    _loaders = {SyncKind.PROFILE: _profiles, SyncKind.CONSENT: _consents, SyncKind.EVENT: _events}
+
+    # writing the outcome
+
+    def _write(self, store_id: int, esp: str, settled: _Settled, report: SyncReport) -> None:
+        now = utcnow()
+        ids = settled.done | set(settled.skipped) | set(settled.dead) | set(settled.failed)
+        with self.db.writer() as session:
+            items = session.scalars(
+                sa.select(SyncItem).where(
+                    SyncItem.store_id == store_id, SyncItem.id.in_(ids), SyncItem.status == SyncItemStatus.ENQUEUED
+                )
+            )
+            for item in items:
+                item.attempts += 1
+                if item.id in settled.done:
+                    item.status, item.done_at, item.last_error = SyncItemStatus.DONE, now, None
+                    report.done += 1
+                elif item.id in settled.skipped:
+                    item.status, item.done_at, item.last_error = SyncItemStatus.SKIPPED, now, settled.skipped[item.id]
+                    report.skipped += 1
+                elif item.id in settled.dead:
+                    self._dead(item, settled.dead[item.id], report)
+                else:
+                    self._retry(item, settled.failed[item.id], now, report)
+            records.save_links(session, store_id, esp, settled.links, now)
+
+    def _dead(self, item: SyncItem, error: str, report: SyncReport) -> None:
+        item.status, item.last_error = SyncItemStatus.DEAD, error[:2000]
+        report.dead += 1
+        log.warning("sync item %s (%s %s %s) dead: %s", item.id, item.esp, item.kind, item.subject_id, item.last_error)
+
+    def _retry(self, item: SyncItem, error: EspError, now: dt.datetime, report: SyncReport) -> None:
+        message = f"{type(error).__name__}: {error}"
+        if not error.retryable:
+            self._dead(item, message, report)
+            return
+        if now - item.created_at > dt.timedelta(seconds=self.settings.retry_max_age):
+            self._dead(item, f"gave up after {item.attempts} attempts: {message}", report)
+            return
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            delay = error.retry_after
+        else:
+            _, delay_ms = compute_backoff(
+                item.attempts,
+                factor=int(self.settings.retry_min_backoff * 1000),
+                max_backoff=int(self.settings.retry_max_backoff * 1000),
+            )
+            delay = delay_ms / 1000
+        item.status, item.last_error = SyncItemStatus.PENDING, message[:2000]
+        item.available_at = now + dt.timedelta(seconds=delay)
+        report.retried += 1

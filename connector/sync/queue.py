@@ -1,0 +1,134 @@
+"""Sync items: the outbox fanned out to every ESP a store is connected to, then claimed in batches.
+
+An outbox row says what changed in a store; ``fan_out`` turns it, in the same transaction that marks the row
+done, into one sync item per connected ESP. Items of the same subject coalesce while pending (the job sends
+the current state), except events, which are each sent once. ``claim_due`` hands due items to the broker
+grouped by store, ESP and kind, in batches the ESP's bulk endpoints take.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from ..outbox import Topic
+from ..store import Database, EspConnection, OutboxRow, SyncItem, SyncItemStatus, SyncKind, utcnow
+
+TOPIC_KINDS = {
+    Topic.CONTACT_UPSERT: SyncKind.PROFILE,
+    Topic.CONSENT_CHANGED: SyncKind.CONSENT,
+    Topic.EVENT_TRACKED: SyncKind.EVENT,
+}
+COALESCING_KINDS = frozenset({SyncKind.PROFILE, SyncKind.CONSENT})
+#: Items per job message, per kind: one bulk request's worth (Klaviyo bulk events take 1,000).
+BATCH_SIZES = {SyncKind.PROFILE: 500, SyncKind.CONSENT: 1000, SyncKind.EVENT: 1000}
+CLAIM_LIMIT = 5000
+
+SendBatch = Callable[[int, str, list[int]], object]
+
+
+def fan_out(session: Session, row: OutboxRow) -> int:
+    """Queue ``row``'s change for every ESP the store is connected to; returns how many items were added."""
+    kind = TOPIC_KINDS.get(row.topic)
+    if kind is None:
+        return 0
+    subject = row.subject_id
+    if kind == SyncKind.CONSENT:
+        subject = f"{row.subject_id}:{row.payload.get('channel')}"
+    esps = session.scalars(sa.select(EspConnection.esp).where(EspConnection.store_id == row.store_id)).all()
+    return sum(add(session, row.store_id, esp, kind, subject) for esp in esps)
+
+
+def add(
+    session: Session, store_id: int, esp: str, kind: str, subject: str, payload: dict[str, Any] | None = None
+) -> int:
+    """Add one item unless an equal one is already pending (coalescing kinds); returns 1 if added."""
+    if kind in COALESCING_KINDS:
+        session.flush()
+        pending = session.scalar(
+            sa.select(SyncItem.id).where(
+                SyncItem.store_id == store_id,
+                SyncItem.esp == esp,
+                SyncItem.kind == kind,
+                SyncItem.subject_id == subject,
+                SyncItem.status == SyncItemStatus.PENDING,
+            )
+        )
+        if pending is not None:
+            return 0
+    session.add(SyncItem(store_id=store_id, esp=esp, kind=kind, subject_id=subject, payload=payload or {}))
+    return 1
+
+
+def claim_due(db: Database, send: SendBatch, *, limit: int = CLAIM_LIMIT) -> int:
+    """Mark due pending items enqueued and send them as batches; returns the number of items sent."""
+    now = utcnow()
+    query = (
+        sa.select(SyncItem.id, SyncItem.store_id, SyncItem.esp, SyncItem.kind)
+        .where(SyncItem.status == SyncItemStatus.PENDING, SyncItem.available_at <= now)
+        .order_by(SyncItem.id)
+        .limit(limit)
+    )
+    return _claim_and_send(db, query, now, send)
+
+
+def sweep_stalled(db: Database, send: SendBatch, *, visibility_timeout: float) -> int:
+    """Send again items enqueued longer than ``visibility_timeout`` ago (a lost message, a killed worker)."""
+    now = utcnow()
+    query = (
+        sa.select(SyncItem.id, SyncItem.store_id, SyncItem.esp, SyncItem.kind)
+        .where(
+            SyncItem.status == SyncItemStatus.ENQUEUED,
+            SyncItem.enqueued_at < now - dt.timedelta(seconds=visibility_timeout),
+        )
+        .order_by(SyncItem.id)
+        .limit(CLAIM_LIMIT)
+    )
+    return _claim_and_send(db, query, now, send)
+
+
+def _claim_and_send(db: Database, query: sa.Select[int, int, str, str], now: dt.datetime, send: SendBatch) -> int:
+    if db.dialect == "postgresql":
+        query = query.with_for_update(skip_locked=True)
+    groups: defaultdict[tuple[int, str, str], list[int]] = defaultdict(list)
+    with db.writer() as session:
+        rows = session.execute(query).all()
+        if rows:
+            session.execute(
+                sa.update(SyncItem)
+                .where(SyncItem.id.in_([r.id for r in rows]))
+                .values(status=SyncItemStatus.ENQUEUED, enqueued_at=now)
+                .execution_options(synchronize_session=False)
+            )
+    for row in rows:
+        groups[(row.store_id, row.esp, row.kind)].append(row.id)
+    for (store_id, esp, kind), ids in groups.items():
+        size = BATCH_SIZES.get(SyncKind(kind), 500)
+        for start in range(0, len(ids), size):
+            send(store_id, esp, ids[start : start + size])
+    return len(rows)
+
+
+def replay(
+    session: Session, *, store_id: int | None = None, esp: str | None = None, ids: list[int] | None = None
+) -> int:
+    """Put dead items back in the queue with a fresh retry budget; returns how many."""
+    query = sa.update(SyncItem).where(SyncItem.status == SyncItemStatus.DEAD)
+    if store_id is not None:
+        query = query.where(SyncItem.store_id == store_id)
+    if esp is not None:
+        query = query.where(SyncItem.esp == esp)
+    if ids is not None:
+        query = query.where(SyncItem.id.in_(ids))
+    now = utcnow()
+    result = session.execute(
+        query.values(status=SyncItemStatus.PENDING, attempts=0, created_at=now, available_at=now).execution_options(
+            synchronize_session=False
+        )
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
