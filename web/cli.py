@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
@@ -16,25 +15,11 @@ from connector.credentials import CredentialCipher, new_key
 from connector.errors import EspbridgeError
 from connector.esp import connections
 from connector.runtime import Runtime
-from connector.settings import Settings
 from connector.store import Role, connect
 from connector.tenancy import create_admin_user, create_store, find_store
 
-
-class Context:
-    def __init__(self) -> None:
-        self.settings = Settings()
-
-
-pass_context = click.make_pass_decorator(Context, ensure=True)
-
-
-def emit(data: dict[str, Any], as_json: bool, lines: list[str]) -> None:
-    if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
-    else:
-        for line in lines:
-            click.echo(line)
+from .cli_context import Context, emit, pass_context
+from .cli_sync import dead_letters, sync
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -295,6 +280,9 @@ def esp_disconnect(ctx: Context, esp_name: str, store_id: int | None) -> None:
         db.dispose()
     click.echo(f"store {store.id} disconnected from {esp_name}")
 
+
+main.add_command(sync)
+main.add_command(dead_letters)
 
 if __name__ == "__main__":
     main()

@@ -60,9 +60,10 @@ class EspAdapter(Protocol):
 
     esp: str
 
-    def fingerprint(self, contact: Contact, consents: dict[str, str]) -> str:
+    def fingerprint(self, contact: Contact, consents: dict[str, str]) -> str | None:
         """A digest of what would be sent for ``contact`` (its mapped profile and its consent per channel):
-        equal to the stored hash means the ESP already has it, so no request is needed."""
+        equal to the stored hash means the ESP already has it, so no request is needed. None: the ESP cannot
+        take this contact at all (no identifier it accepts, such as an anonymous visitor)."""
         ...
 
     def upsert_profiles(self, contacts: Sequence[Contact], *, bulk: bool) -> Outcome:

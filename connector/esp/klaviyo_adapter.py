@@ -12,7 +12,6 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from ..errors import InvalidInput
 from ..store import Contact
@@ -57,11 +56,11 @@ class KlaviyoAdapter:
     def close(self) -> None:
         self.client.close()
 
-    def fingerprint(self, contact: Contact, consents: dict[str, str]) -> str:
+    def fingerprint(self, contact: Contact, consents: dict[str, str]) -> str | None:
         try:
-            resource: Any = self.mapping.profile(contact).resource()
+            resource = self.mapping.profile(contact).resource()
         except InvalidInput:
-            resource = None  # no identifier: nothing can be sent, and the digest says so
+            return None
         document = json.dumps([resource, sorted(consents.items())], sort_keys=True, default=str)
         return hashlib.sha256(document.encode()).hexdigest()
 

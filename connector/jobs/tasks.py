@@ -23,10 +23,11 @@ from dramatiq.common import compute_backoff
 from ..credentials import CredentialCipher
 from ..ingest.projection import project_pending
 from ..settings import Settings
-from ..store import Database, OutboxRow, OutboxStatus, utcnow
+from ..store import Database, OutboxRow, OutboxStatus, SyncRun, SyncRunStatus, utcnow
 from ..sync import queue
 from ..sync.adapters import AdapterCache, AdapterOptions
 from ..sync.engine import SyncEngine
+from ..sync.full import FullSync, FullSyncOptions
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ class Jobs:
         self.project_events = self._actor(self._project_events, "project_events", max_retries=5)
         self.deliver_outbox = self._actor(self._deliver_outbox, "deliver_outbox", max_retries=0)
         self.sync_items = self._actor(self._sync_items, "sync_items", max_retries=0, time_limit=3_600_000)
+        self.full_sync = self._actor(self._full_sync, "full_sync", max_retries=0, time_limit=7 * 24 * 3_600_000)
         options = self.adapter_options or AdapterOptions(redis_client=getattr(self.broker, "client", None))
         adapters = AdapterCache(CredentialCipher(self.settings.credentials_key), options)
         self.engine = SyncEngine(self.db, self.settings, adapters)
@@ -95,6 +97,17 @@ class Jobs:
         # Failures of the ESP are settled per item inside the engine; an exception here (database down) leaves
         # the items enqueued, and the sweeper sends them again after the visibility timeout.
         self.engine.run(store_id, esp, item_ids)
+
+    def _full_sync(self, run_id: int) -> None:
+        # Started from the admin API (``start`` created the run). A crash leaves the run "running" with a stale
+        # heartbeat; starting a full sync again resumes it from its cursor.
+        with self.db.reader() as session:
+            run = session.get(SyncRun, run_id)
+            if run is None or run.status != SyncRunStatus.RUNNING:
+                return
+            adapter = self.engine.adapters.get(session, run.store_id, run.esp)
+            options = FullSyncOptions(dry_run=run.dry_run, force=run.force)
+        FullSync(self.db, adapter, run_id, options=options).run()
 
     def _reschedule(self, row_id: int, exc: Exception) -> None:
         settings = self.settings

@@ -98,6 +98,8 @@ class SyncRun(StoreScoped, Base):
     unchanged: Mapped[int] = mapped_column(default=0)
     rejected: Mapped[int] = mapped_column(default=0)
     failed: Mapped[int] = mapped_column(default=0)
+    #: Contacts the ESP cannot take (no identifier it accepts: anonymous visitors); no request is made for them.
+    skipped: Mapped[int] = mapped_column(default=0)
     events_sent: Mapped[int] = mapped_column(default=0)
     requests: Mapped[int] = mapped_column(default=0)
     #: The first rejected records (contact id, reason), capped; the counts above are complete.

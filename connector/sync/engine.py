@@ -139,9 +139,13 @@ class SyncEngine:
                     settled.done.add(item.id)
                     continue
                 seen.add(contact.id)
-                fingerprints[contact.id] = adapter.fingerprint(contact, consents.get(contact.id, {}))
+                fingerprint = adapter.fingerprint(contact, consents.get(contact.id, {}))
+                if fingerprint is None:
+                    settled.skipped[item.id] = f"no identifier {adapter.esp} accepts"
+                    continue
+                fingerprints[contact.id] = fingerprint
                 link = known.get(contact.id)
-                if link is not None and link.synced_hash == fingerprints[contact.id]:
+                if link is not None and link.synced_hash == fingerprint:
                     settled.done.add(item.id)  # the ESP already has exactly this
                 else:
                     changed.append((item, contact.id))
