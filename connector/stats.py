@@ -16,6 +16,7 @@ from .store import (
     Order,
     OutboxRow,
     Product,
+    SyncItem,
     WaitlistEntry,
 )
 
@@ -40,6 +41,13 @@ def store_stats(session: Session, store_id: int) -> dict[str, Any]:
             .group_by(ConsentState.channel, ConsentState.status)
         ).all()
     )
+    sync: dict[str, dict[str, int]] = {}
+    for esp, status, n in session.execute(
+        sa.select(SyncItem.esp, SyncItem.status, sa.func.count())
+        .where(SyncItem.store_id == store_id)
+        .group_by(SyncItem.esp, SyncItem.status)
+    ):
+        sync.setdefault(esp, dict.fromkeys(("pending", "enqueued", "done", "skipped", "dead"), 0))[status] = n
     return {
         "events": count(Event),
         "events_unprojected": count(Event, Event.projected_at.is_(None)),
@@ -53,4 +61,6 @@ def store_stats(session: Session, store_id: int) -> dict[str, Any]:
         "waitlist_entries": count(WaitlistEntry),
         "products": count(Product),
         "outbox": {status: outbox.get(status, 0) for status in ("pending", "enqueued", "done", "dead")},
+        #: Per connected ESP: its sync items by status (dead = dead letters).
+        "sync": sync,
     }

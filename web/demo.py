@@ -1,10 +1,11 @@
 """``espbridge demo``: a fresh embedded espbridge, shoppers in the example storefront, a summary.
 
 It runs the real pieces as a user would: ``espbridge migrate``-equivalent on a new SQLite file, a store and
-an admin user, ``espbridge serve`` as a child process (embedded broker, worker threads in the web process),
-then the example storefront of ``examples/storefront`` in this process, sending through the espbridge SDK to
-that ``serve``, with simulated shoppers clicking through its pages (Flask's test client), and the admin API
-read back.
+an admin user, the ESP sandbox (``espbridge sandbox``) as a child process with the store connected to it as its
+Klaviyo account (subscriptions go to a "Newsletter" list created there), ``espbridge serve`` as a child process
+(embedded broker, worker threads in the web process), then the example storefront of ``examples/storefront``
+in this process, sending through the espbridge SDK to that ``serve``, with simulated shoppers clicking through
+its pages (Flask's test client), the admin API read back, and what the sandbox received.
 """
 
 from __future__ import annotations
@@ -28,9 +29,14 @@ import httpx
 from espbridge import Client
 from flask import Flask
 from flask.testing import FlaskClient
+from pydantic import SecretStr
 
 from connector import migrate
-from connector.store import connect
+from connector.credentials import CredentialCipher, new_key
+from connector.esp import connections
+from connector.esp.klaviyo import KlaviyoClient
+from connector.sandbox.klaviyo import DEFAULT_API_KEY
+from connector.store import Database, connect
 from connector.tenancy import create_admin_user, create_store
 
 READY_TIMEOUT = 30.0
@@ -56,26 +62,39 @@ def run_demo(*, customers: int, port: int, db_path: str, exit_after: bool, as_js
     with db.writer() as session:
         store = create_store(session, "Demo Store", "Europe/Berlin")
         admin = create_admin_user(session, store.id, "admin@demo-store.example", "admin")
-    db.dispose()
 
+    base_env = {k: v for k, v in os.environ.items() if not k.startswith("ESPBRIDGE_")}
+    sandbox_url = f"http://127.0.0.1:{_free_port()}"
+    say(f"• starting the ESP sandbox (emulated Klaviyo, not the real one) on {sandbox_url}")
+    sandbox = _spawn(
+        ["sandbox", "--port", sandbox_url.rsplit(":", 1)[1]], {**base_env, "ESPBRIDGE_LOG_LEVEL": "WARNING"}
+    )
     port = port or _free_port()
     base_url = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESPBRIDGE_")}
+    credentials_key = new_key()  # this run's store only: the demo's database is recreated every time
+    env = dict(base_env)
     env.update(
         ESPBRIDGE_DATABASE_URL=database_url,
         ESPBRIDGE_PORT=str(port),
         ESPBRIDGE_HOST="127.0.0.1",
         ESPBRIDGE_LOG_LEVEL="WARNING",
+        ESPBRIDGE_CREDENTIALS_KEY=credentials_key,
     )
-    say(f"• starting espbridge serve on {base_url} (embedded broker)")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "web.cli", "serve"], env=env, stdout=subprocess.DEVNULL, start_new_session=True
-    )
+    server: subprocess.Popen[bytes] | None = None
     try:
+        with httpx.Client(base_url=sandbox_url, timeout=30) as http:
+            _wait_ready(http, sandbox, "/_sandbox/state", "espbridge sandbox")
+        list_id = _connect_to_sandbox(db, store.id, sandbox_url, credentials_key)
+        db.dispose()
+        say(f"• store {store.id} connected to the sandbox's Klaviyo (subscriptions go to list {list_id})")
+        say(f"• starting espbridge serve on {base_url} (embedded broker)")
+        server = _spawn(["serve"], env)
         with httpx.Client(base_url=base_url, timeout=30) as http:
-            _wait_ready(http, server)
+            _wait_ready(http, server, "/healthz", "espbridge serve")
             sent = _run_shoppers(base_url, store.write_key, customers, say)
             stats = _settle(http, admin.token, say)
+        with httpx.Client(base_url=sandbox_url, timeout=30) as http:
+            esp = _sandbox_summary(http.get("/_sandbox/state").json(), sandbox_url)
         summary = {
             "url": base_url,
             "store_id": store.id,
@@ -83,12 +102,14 @@ def run_demo(*, customers: int, port: int, db_path: str, exit_after: bool, as_js
             "admin_token": admin.token,
             "messages_sent": sent,
             **stats,
+            "sandbox": esp,
         }
         _print_summary(summary, as_json)
         if not exit_after:
             say(
                 f"\nespbridge is serving on {base_url} — try:\n"
                 f"  curl -H 'Authorization: Bearer {admin.token}' {base_url}/admin/api/stats\n"
+                f"  curl {sandbox_url}/_sandbox/state   (what the emulated Klaviyo holds)\n"
                 "Ctrl-C stops it."
             )
             server.wait()
@@ -96,7 +117,49 @@ def run_demo(*, customers: int, port: int, db_path: str, exit_after: bool, as_js
     except KeyboardInterrupt:
         return 0
     finally:
-        _stop(server)
+        for process in (server, sandbox):
+            if process is not None:
+                _stop(process)
+        db.dispose()
+
+
+def _spawn(arguments: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    argv = [sys.executable, "-m", "web.cli", *arguments]
+    return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, start_new_session=True)
+
+
+def _connect_to_sandbox(db: Database, store_id: int, sandbox_url: str, credentials_key: str) -> str:
+    """Connect the store to the sandbox as its Klaviyo account, with a newsletter list for subscriptions."""
+    with KlaviyoClient(DEFAULT_API_KEY, base_url=sandbox_url, timeout=10) as klaviyo:
+        # Single opt-in: the storefront's signup form collects the consent (our ledger records it).
+        list_id = klaviyo.create_list("Newsletter (espbridge demo)", opt_in_process="single_opt_in")
+    with db.writer() as session:
+        cipher = CredentialCipher(SecretStr(credentials_key))
+        connections.connect(
+            session,
+            cipher,
+            store_id,
+            "klaviyo",
+            api_key=DEFAULT_API_KEY,
+            base_url=sandbox_url,
+            settings={"list_id": list_id},
+        )
+    return list_id
+
+
+def _sandbox_summary(state: dict[str, Any], url: str) -> dict[str, Any]:
+    """What the sandbox's emulated Klaviyo account received."""
+    consents = [channels.get("email") for channels in state["subscriptions"].values()]
+    return {
+        "url": url,
+        "profiles": len(state["profiles"]),
+        "events": len(state["events"]),
+        "metrics": sorted(state["metrics"]),
+        "email_subscribed": consents.count("SUBSCRIBED"),
+        "email_unsubscribed": consents.count("UNSUBSCRIBED"),
+        "lists": {entry["name"]: len(entry["members"]) for entry in state["lists"].values()},
+        "requests": state["requests"]["total"],
+    }
 
 
 def _free_port() -> int:
@@ -107,18 +170,18 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_ready(http: httpx.Client, server: subprocess.Popen[bytes]) -> None:
+def _wait_ready(http: httpx.Client, process: subprocess.Popen[bytes], path: str, name: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise click.ClickException(f"espbridge serve exited with status {server.returncode}")
+        if process.poll() is not None:
+            raise click.ClickException(f"{name} exited with status {process.returncode}")
         try:
-            if http.get("/healthz").status_code == 200:
+            if http.get(path).status_code == 200:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    raise click.ClickException(f"espbridge serve did not answer within {READY_TIMEOUT:.0f} s")
+    raise click.ClickException(f"{name} did not answer within {READY_TIMEOUT:.0f} s")
 
 
 def _run_shoppers(url: str, write_key: str, customers: int, say: Callable[[str], None]) -> int:
@@ -241,16 +304,18 @@ def _request(browser: FlaskClient, method: str, path: str, **form: str) -> None:
 
 
 def _settle(http: httpx.Client, token: str, say: Callable[[str], None]) -> dict[str, Any]:
-    """Wait until every event is projected and every outbox row delivered, showing progress."""
+    """Wait until every event is projected, every outbox row fanned out and every change synced to the ESP."""
     headers = {"Authorization": f"Bearer {token}"}
     deadline = time.monotonic() + SETTLE_TIMEOUT
     last = ""
     while True:
         stats: dict[str, Any] = http.get("/admin/api/stats", headers=headers).json()
+        sync = stats["sync"].get("klaviyo", {})
         busy = stats["events_unprojected"] + stats["outbox"]["pending"] + stats["outbox"]["enqueued"]
+        busy += sync.get("pending", 0) + sync.get("enqueued", 0)
         line = (
             f"  projecting: {stats['events'] - stats['events_unprojected']}/{stats['events']} events, "
-            f"outbox delivered {stats['outbox']['done']}"
+            f"outbox delivered {stats['outbox']['done']}, synced to Klaviyo {sync.get('done', 0)}"
         )
         if line != last:
             say(line)
@@ -265,6 +330,7 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         click.echo(json.dumps(summary, indent=2))
         return
     consent = summary["consent_state"]
+    esp = summary["sandbox"]
     lines = [
         "",
         "What landed in the local store:",
@@ -278,6 +344,13 @@ def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
         f"  waitlist entries     {summary['waitlist_entries']}",
         f"  catalog products     {summary['products']}",
         "  outbox rows          " + ", ".join(f"{k} {v}" for k, v in summary["outbox"].items()),
+        "  synced to Klaviyo    " + ", ".join(f"{k} {v}" for k, v in summary["sync"].get("klaviyo", {}).items()),
+        "",
+        f"What the ESP sandbox (emulated Klaviyo at {esp['url']}) received, in {esp['requests']} requests:",
+        f"  profiles             {esp['profiles']}",
+        f"  events               {esp['events']} ({len(esp['metrics'])} metrics: {', '.join(esp['metrics'])})",
+        f"  email subscriptions  {esp['email_subscribed']} subscribed, {esp['email_unsubscribed']} unsubscribed",
+        "  lists                " + ", ".join(f"{name}: {n} members" for name, n in esp["lists"].items()),
         "",
         f"  URL          {summary['url']}   (OpenAPI: {summary['url']}/openapi.json)",
         f"  write key    {summary['write_key']}",

@@ -57,6 +57,14 @@ def test_demo_runs_shoppers_through_the_storefront_and_everything_lands(tmp_path
     outbox = summary["outbox"]
     assert (outbox["pending"], outbox["enqueued"], outbox["dead"]) == (0, 0, 0), outbox
     assert outbox["done"] > 0
+    # And every change reached the ESP sandbox the demo connected the store to (none failed or waiting)
+    sync = summary["sync"]["klaviyo"]
+    assert (sync["pending"], sync["enqueued"], sync["dead"]) == (0, 0, 0), sync
+    sandbox = summary["sandbox"]
+    assert 0 < sandbox["profiles"] <= summary["contacts"]  # anonymous visitors have nothing Klaviyo takes
+    assert sandbox["events"] > 0 and "Order Completed" in sandbox["metrics"]
+    assert sandbox["email_subscribed"] == summary["consent_state"]["email:subscribed"]
+    assert sandbox["lists"] == {"Newsletter (espbridge demo)": sandbox["email_subscribed"]}
 
 
 def _run(argv: list[str], env: dict[str, str]) -> tuple[int, str, str]:
