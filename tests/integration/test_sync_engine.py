@@ -231,3 +231,20 @@ def test_anonymous_events_are_skipped_with_a_reason(
     [item] = items(db)
     assert item.status == SyncItemStatus.SKIPPED and "not sendable" in (item.last_error or "")
     assert sandbox.state()["requests"]["total"] == 0
+
+
+@pytest.mark.usefixtures("connected")
+def test_a_withdrawal_unsubscribes_at_klaviyo(
+    client: FlaskClient, db: Database, store: NewStore, jobs: Jobs, sandbox: KlaviyoSandbox
+) -> None:
+    post_messages(
+        client,
+        store.write_key,
+        [identify("u1", "m1", email="ada@example.com"), consent("u1", "m2", "email", "subscribed")],
+    )
+    drain(db, jobs, store.id)
+    assert list(sandbox.state()["subscriptions"].values()) == [{"email": "SUBSCRIBED"}]
+    post_messages(client, store.write_key, [consent("u1", "m3", "email", "unsubscribed")])
+    drain(db, jobs, store.id)
+    assert list(sandbox.state()["subscriptions"].values()) == [{"email": "UNSUBSCRIBED"}]
+    assert sandbox.state()["requests"]["by_operation"]["bulk_unsubscribe_profiles"] == 1
