@@ -173,11 +173,18 @@ def worker(ctx: Context, threads: int | None) -> None:
     multiple=True,
     help="Accepted Klaviyo private key (repeatable). Default: pk_sandbox_klaviyo.",
 )
-def sandbox(host: str, port: int, time_scale: float, api_keys: tuple[str, ...]) -> None:
+@click.option(
+    "--job-delay",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds a bulk job takes from queued through processing to complete (divided by --time-scale).",
+)
+def sandbox(host: str, port: int, time_scale: float, api_keys: tuple[str, ...], job_delay: float) -> None:
     """Run the ESP sandbox: a local emulation of the Klaviyo API. NOT Klaviyo; state is in memory."""
     from connector.sandbox import DEFAULT_API_KEY, KlaviyoSandbox, SandboxServer
 
-    app = KlaviyoSandbox(api_keys=api_keys or (DEFAULT_API_KEY,), time_scale=time_scale)
+    app = KlaviyoSandbox(api_keys=api_keys or (DEFAULT_API_KEY,), time_scale=time_scale, job_delay=job_delay)
     server = SandboxServer(app, host=host, port=port)
     click.echo(
         f"espbridge ESP sandbox (NOT Klaviyo) emulating Klaviyo revision {app.revision} at {server.url}/api/ "

@@ -591,7 +591,7 @@ class KlaviyoClient:
         body: dict[str, Any] | None,
         *,
         records: int | None = None,
-        record_index: Callable[[str], int | None] | None = None,
+        record_index: Callable[[str], int | Sequence[int] | None] | None = None,
     ) -> httpx.Response:
         if self._limiter is not None:
             self._limiter(operation)
@@ -632,7 +632,7 @@ def map_error(
     *,
     method: str = "",
     records: int | None = None,
-    record_index: Callable[[str], int | None] | None = None,
+    record_index: Callable[[str], int | Sequence[int] | None] | None = None,
     now: dt.datetime | None = None,
 ) -> EspError:
     """The error for a non-2xx Klaviyo response.
@@ -640,6 +640,8 @@ def map_error(
     ``records`` is how many records the request carried: a validation error (400/409/422) on a one-record
     request is a rejection of that record; on a batch, it is a rejection of the records its JSON pointers name
     (``/data/attributes/profiles/data/3/...``), or ``Permanent`` when some error names no record.
+    ``record_index`` maps a pointer to the record(s) it names (several when it names a group, e.g. the profile
+    of several bulk events).
     """
     status = response.status_code
     where = f"{method} {_path(response.request.url.path)}".strip()
@@ -656,12 +658,14 @@ def map_error(
         rejected: list[RecordError] = []
         for error in errors:
             pointer = _pointer(error)
-            index: int | None = 0 if records == 1 else None
+            found: int | Sequence[int] | None = 0 if records == 1 else None
             if records > 1 and pointer:
-                index = record_index(pointer) if record_index else _index_from_pointer(pointer)
-            if index is None:
+                found = record_index(pointer) if record_index else _index_from_pointer(pointer)
+            indexes = [found] if isinstance(found, int) else list(found or ())
+            if not indexes:
                 return Permanent(message, status=status)
-            rejected.append(RecordError(index, _describe(error), code=_str(error.get("code")), pointer=pointer))
+            code = _str(error.get("code"))
+            rejected.extend(RecordError(i, _describe(error), code=code, pointer=pointer) for i in indexes)
         if rejected:
             return Rejected(message, records=rejected, status=status)
     return Permanent(message, status=status)
@@ -697,9 +701,10 @@ def _index_from_pointer(pointer: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def _bulk_event_index(pointer: str, events: Sequence[KlaviyoEvent]) -> int | None:
+def _bulk_event_index(pointer: str, events: Sequence[KlaviyoEvent]) -> int | Sequence[int] | None:
     """Bulk event bodies nest events per profile: map ``…/events-bulk-create/data/P/attributes/events/data/E``
-    (or a whole profile entry P, when it holds one event) back to the event's position in ``events``."""
+    back to the event's position in ``events``, or a whole profile entry P (e.g. its profile refused) to the
+    positions of all its events."""
     match = re.match(r"^/data/attributes/events-bulk-create/data/(\d+)(?:/attributes/events/data/(\d+))?", pointer)
     if not match:
         return None
@@ -709,7 +714,7 @@ def _bulk_event_index(pointer: str, events: Sequence[KlaviyoEvent]) -> int | Non
         return None
     members = groups[p][1]
     if match.group(2) is None:
-        return members[0] if len(members) == 1 else None
+        return members
     e = int(match.group(2))
     return members[e] if e < len(members) else None
 

@@ -6,9 +6,38 @@ Each request to ``/api/…`` goes through the same gates as on Klaviyo, in this 
 ``Authorization: Klaviyo-API-Key <key>`` header against the accepted keys (401), the ``revision`` header (400),
 fault injection (``/_sandbox/faults``), the operation's burst/steady/daily windows per API key (429 with
 ``Retry-After``), then the JSON body against the operation's request schema from Klaviyo's OpenAPI spec (400 naming
-``source.pointer``). Errors use Klaviyo's format ``{"errors": [{"id", "status", "code", "title", "detail",
-"source"}]}``. State lives in memory, behind one lock; bulk jobs are processed at once (their status is
-``complete`` when the POST returns). Every request is recorded (Authorization left out) for contract tests.
+``source.pointer``; the documented payload limits, checked on the raw body first: 5 MB for bulk profile import
+and bulk create events, 100 KB for the single-profile writes, counted as 5,000,000 / 100,000 bytes, the stricter
+reading of "MB"/"KB"; the spec documents no 413, so this is a 400 pointing at ``/data``). Errors use Klaviyo's
+format ``{"errors": [{"id", "status", "code", "title", "detail", "source"}]}``. State lives in memory, behind one
+lock. Every request is recorded (Authorization left out) for contract tests.
+
+Jobs. The operations whose 202 carries a job with a ``status`` (bulk profile import, bulk suppress/unsuppress) go
+``queued`` → ``processing`` → ``complete`` over ``job_delay`` seconds (constructor / ``--job-delay``, divided by
+``time_scale`` like the rate-limit windows): queued for the first half, then processing with their records
+applied in order, in proportion to the time elapsed, so ``completed_count`` and ``failed_count`` grow as they do
+at Klaviyo; ``complete`` (``completed_at``, ``expires_at`` = 7 days later) at the end. ``completed_count`` counts
+the records applied, ``failed_count`` those refused: at completion they add up to ``total_count``. With
+``job_delay`` 0 (the default) a job is complete when its POST returns. Jobs advance whenever a request (or the
+admin state) looks at the sandbox, under the lock, so there is no background thread. The other bulk operations
+(events, subscribe, unsubscribe, deletion) answer 202 without a job document in the spec, and take effect at once.
+
+Per-record rejections (fault ``reject``: records whose email is in ``emails`` or whose email, phone_number or
+external_id contains one of ``contains``) answer as Klaviyo does for each kind of operation:
+
+- single-record writes (profile import, create/update profile, create event, deletion request): 400 in Klaviyo's
+  error format, ``source.pointer`` at the offending identifier (``/data/attributes/email``);
+- bulk profile import: the only operation with a per-record error report. The job is accepted (202), the rejected
+  records are counted in ``failed_count`` and listed at ``…/import-errors`` (code, title, detail, pointer into the
+  request, ``original_payload``) while the others are imported. A profile over the documented 100 KB per-profile
+  limit fails the same way;
+- every other batch (bulk subscribe/unsubscribe, suppress/unsuppress, bulk events, list membership): these have
+  no per-record report (202 without a body, or a job without ``failed_count``), so the one way Klaviyo can refuse
+  a record is its synchronous validation: a 400 for the whole request whose pointer names the record
+  (``/data/attributes/profiles/data/<i>/attributes/email``, ``/data/attributes/events-bulk-create/data/<i>/…``,
+  ``/data/<i>/id``), nothing in it taking effect, as the spec says of a repeated ``unique_id`` in a bulk event
+  request. How Klaviyo words each case is not documented; the sandbox lists every rejected record, one error
+  each (the error format is a list), so a client can tell the refused records from the rest and resend those.
 
 Admin endpoints (no Klaviyo auth): ``GET /_sandbox/state``, ``GET /_sandbox/requests``, ``POST /_sandbox/faults``,
 ``POST /_sandbox/reset``.
@@ -23,10 +52,10 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
@@ -36,7 +65,7 @@ from werkzeug.wrappers import Request, Response
 from .ratelimit import FixedWindowLimiter, retry_after_header
 from .spec import Operation, load_operations, spec_revision
 
-__all__ = ["DEFAULT_API_KEY", "SANDBOX_HEADER", "Faults", "KlaviyoSandbox"]
+__all__ = ["DEFAULT_API_KEY", "SANDBOX_HEADER", "Faults", "KlaviyoSandbox", "Reject"]
 
 SANDBOX_HEADER = ("X-Espbridge-Sandbox", "klaviyo")
 DEFAULT_API_KEY = "pk_sandbox_klaviyo"
@@ -66,6 +95,16 @@ _BATCH_LIMITS = {  # operationId → (pointer of the list, most items per reques
     "remove_profiles_from_list": ("/data", 1_000),
 }
 MAX_EVENTS_PER_BULK_JOB = 1_000
+#: Documented payload limits per operation ("The maximum allowed payload size is 5MB/100KB"), in bytes.
+PAYLOAD_LIMITS = {
+    "bulk_import_profiles": 5_000_000,
+    "bulk_create_events": 5_000_000,
+    "create_or_update_profile": 100_000,
+    "create_profile": 100_000,
+    "update_profile": 100_000,
+}
+MAX_BULK_PROFILE_BYTES = 100_000  # "The maximum allowed payload size per-profile is 100KB" (bulk import)
+JOB_EXPIRY = timedelta(days=7)
 CLEARED_BY_SUBSCRIBE = {"UNSUBSCRIBE", "SPAM_REPORT", "USER_SUPPRESSED"}
 
 ROUTES = Map(
@@ -103,6 +142,36 @@ ROUTES = Map(
 )
 
 
+class Reject(BaseModel):
+    """Which records to refuse (fault ``reject``), and what Klaviyo's error says about them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    emails: list[str] = Field(default_factory=list, description="Records with one of these emails (any case).")
+    contains: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="Records whose email, phone_number or external_id contains one of these (any case).",
+    )
+    detail: str = Field("Sandbox fault: this record is rejected.", min_length=1)
+    code: str = Field("invalid", min_length=1)
+
+    def matches(self, attributes: Mapping[str, Any]) -> str | None:
+        """The identifier (``email``, ``phone_number``, ``external_id``) that makes a record rejected, or None."""
+        emails = {email.strip().lower() for email in self.emails}
+        needles = [needle.lower() for needle in self.contains]
+        for name in _IDENTIFIERS:
+            value = attributes.get(name)
+            if value is None:
+                continue
+            text = str(value).strip().lower()
+            if (name == "email" and text in emails) or any(needle in text for needle in needles):
+                return name
+        return None
+
+    def error(self, pointer: str) -> ApiError:
+        return ApiError(400, self.code, "Invalid input.", self.detail, pointer=pointer)
+
+
 class Faults(BaseModel):
     """Fault injection, switched with ``POST /_sandbox/faults`` (the body replaces the whole setting)."""
 
@@ -115,9 +184,7 @@ class Faults(BaseModel):
     slow_seconds: float = Field(0.0, ge=0, le=MAX_HOLD_SECONDS, description="Delay before every request is served.")
     storm_429: int = Field(0, ge=0, description="The next N requests are answered 429 whatever the windows say.")
     storm_retry_after: int = Field(1, ge=0)
-    reject_emails: list[str] = Field(
-        default_factory=list, description="Profiles with these emails are rejected per record in bulk imports."
-    )
+    reject: Reject | None = Field(None, description="Refuse chosen records, the way Klaviyo refuses each operation.")
     operations: list[str] | None = Field(None, description="Limit the faults to these operationIds (None: all).")
     seed: int | None = Field(None, description="Seed of the fault dice, for reproducible runs.")
 
@@ -158,8 +225,77 @@ class Profile:
         }
 
 
+@dataclass
+class Job:
+    """An asynchronous job: ``items`` are applied one by one by ``apply`` (which returns an import error or None)
+    while the job is processing, between ``start + delay / 2`` and ``start + delay`` on the sandbox's clock."""
+
+    id: str
+    kind: str  # the JSON:API type: profile-bulk-import-job, profile-suppression-bulk-create-job, …
+    start: float  # sandbox clock when created
+    delay: float  # seconds from created to complete (already divided by time_scale)
+    items: list[Any]
+    apply: Callable[[int, Any], dict[str, Any] | None] = field(repr=False)
+    lists: list[str] = field(default_factory=list)
+    created_at: str = field(default_factory=lambda: _now())
+    status: str = "queued"
+    started_at: str | None = None
+    completed_at: str | None = None
+    expires_at: str | None = None
+    done: int = 0  # items applied, failed ones included
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+    def advance(self, now: float) -> None:
+        """Apply the items due by ``now``; move through queued → processing → complete."""
+        if self.status == "complete":
+            return
+        elapsed = now - self.start
+        half = self.delay / 2
+        if self.delay > 0 and elapsed < half:
+            return
+        if self.status == "queued":
+            self.status, self.started_at = "processing", _now()
+        total = len(self.items)
+        finished = self.delay <= 0 or elapsed >= self.delay
+        target = total if finished else min(total, int(total * (elapsed - half) / half))
+        while self.done < target:
+            error = self.apply(self.done, self.items[self.done])
+            if error is not None:
+                self.errors.append(error)
+            self.done += 1
+        if finished:
+            completed = datetime.now(UTC)
+            self.status = "complete"
+            self.completed_at = completed.isoformat(timespec="seconds")
+            self.expires_at = (completed + JOB_EXPIRY).isoformat(timespec="seconds")
+
+    def attributes(self) -> dict[str, Any]:
+        """The job's attributes as the spec's job resources carry them (import jobs also have failed/started/expiry)."""
+        attributes: dict[str, Any] = {
+            "status": self.status,
+            "created_at": self.created_at,
+            "total_count": len(self.items),
+            "completed_count": self.done - len(self.errors),
+            "completed_at": self.completed_at,
+        }
+        if self.kind == "profile-bulk-import-job":
+            attributes |= {
+                "failed_count": len(self.errors),
+                "started_at": self.started_at,
+                "expires_at": self.expires_at,
+            }
+        return attributes
+
+    def resource(self) -> dict[str, Any]:
+        link = {"self": f"{BASE}/api/{self.kind}s/{self.id}/"}
+        resource: dict[str, Any] = {"type": self.kind, "id": self.id, "attributes": self.attributes(), "links": link}
+        if self.kind == "profile-bulk-import-job":
+            resource["relationships"] = {"lists": {"data": [{"type": "list", "id": lid} for lid in self.lists]}}
+        return resource
+
+
 class ApiError(Exception):
-    """A request refused in Klaviyo's error format."""
+    """A request refused in Klaviyo's error format (``others``: more errors listed in the same response)."""
 
     def __init__(
         self,
@@ -172,13 +308,15 @@ class ApiError(Exception):
         parameter: str | None = None,
         meta: dict[str, Any] | None = None,
         headers: dict[str, str] | None = None,
+        others: Sequence[ApiError] = (),
     ) -> None:
         super().__init__(detail)
         self.status, self.code, self.title, self.detail = status, code, title, detail
         self.source = {"pointer": pointer} if pointer is not None else {"parameter": parameter} if parameter else {}
         self.meta, self.headers = meta, headers or {}
+        self.others = tuple(others)
 
-    def response(self) -> Response:
+    def document(self) -> dict[str, Any]:
         error: dict[str, Any] = {
             "id": str(uuid.uuid4()),
             "status": self.status,
@@ -189,7 +327,19 @@ class ApiError(Exception):
         }
         if self.meta is not None:
             error["meta"] = self.meta
-        return _json({"errors": [error]}, self.status, headers=self.headers)
+        return error
+
+    def response(self) -> Response:
+        errors = [self.document(), *(other.document() for other in self.others)]
+        return _json({"errors": errors}, self.status, headers=self.headers)
+
+
+def refuse(errors: Sequence[ApiError]) -> None:
+    """Raise the first of ``errors`` carrying the rest (one response listing them all); nothing when empty."""
+    if errors:
+        first = errors[0]
+        first.others = tuple(errors[1:])
+        raise first
 
 
 def invalid(detail: str, pointer: str) -> ApiError:
@@ -225,15 +375,30 @@ def _norm(name: str, value: Any) -> str | None:
 
 
 class KlaviyoSandbox:
-    """The emulated Klaviyo account(s): a WSGI callable; ``api_keys`` are the accepted private keys."""
+    """The emulated Klaviyo account(s): a WSGI callable; ``api_keys`` are the accepted private keys.
 
-    def __init__(self, *, api_keys: Iterable[str] = (DEFAULT_API_KEY,), time_scale: float = 1.0) -> None:
+    ``job_delay``: seconds a bulk job takes from queued to complete (divided by ``time_scale``); 0: at once.
+    ``clock``: monotonic seconds, for the rate-limit windows and the jobs (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_keys: Iterable[str] = (DEFAULT_API_KEY,),
+        time_scale: float = 1.0,
+        job_delay: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.api_keys = frozenset(api_keys)
         if not self.api_keys:
             raise ValueError("the sandbox needs at least one accepted API key")
+        if job_delay < 0:
+            raise ValueError("job_delay must not be negative")
         self.operations: dict[str, Operation] = load_operations()
         self.revision = spec_revision()
-        self.limiter = FixedWindowLimiter(time_scale=time_scale)
+        self.limiter = FixedWindowLimiter(time_scale=time_scale, clock=clock)
+        self.job_delay = job_delay / time_scale
+        self._clock = clock
         self._lock = threading.RLock()
         self._reset_state()
         self.faults = Faults()
@@ -249,7 +414,8 @@ class KlaviyoSandbox:
         self._event_keys: set[tuple[str, str, str]] = set()
         self.events_deduplicated = 0
         self.lists: dict[str, dict[str, Any]] = {}
-        self.jobs: dict[str, dict[str, Any]] = {}
+        self.jobs: dict[str, Job] = {}
+        self._running: list[Job] = []  # jobs not complete yet, oldest first
         self.webhooks: dict[str, dict[str, Any]] = {}
         self.deletions: list[dict[str, Any]] = []
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
@@ -263,6 +429,7 @@ class KlaviyoSandbox:
 
     def state(self) -> dict[str, Any]:
         with self._lock:
+            self._advance_jobs()
             subscriptions = {p.id: dict(p.consent) for p in self.profiles.values() if p.consent}
             suppressions = {p.id: sorted(p.suppressions) for p in self.profiles.values() if p.suppressions}
             lists = {lid: {**lst, "members": sorted(lst["members"])} for lid, lst in self.lists.items()}
@@ -279,7 +446,9 @@ class KlaviyoSandbox:
                 "subscriptions": subscriptions,
                 "suppressions": suppressions,
                 "lists": lists,
-                "jobs": {jid: {k: v for k, v in job.items() if k != "errors"} for jid, job in self.jobs.items()},
+                "jobs": {
+                    jid: {"kind": job.kind, **job.attributes(), "lists": job.lists} for jid, job in self.jobs.items()
+                },
                 "webhooks": [self._webhook_resource(w, secret=True) for w in self.webhooks.values()],
                 "deletions": list(self.deletions),
                 "requests": {"total": len(self.requests), "by_operation": by_operation},
@@ -354,6 +523,7 @@ class KlaviyoSandbox:
             raise _throttled(decision.retry_after)
         body = self._body(request, op)
         with self._lock:
+            self._advance_jobs()
             response: Response = getattr(self, f"_op_{op.operation_id}")(request, body, **args)
         response.headers["RateLimit-Limit"] = str(decision.limit)
         response.headers["RateLimit-Remaining"] = str(decision.remaining)
@@ -412,10 +582,61 @@ class KlaviyoSandbox:
                 faults.error_status, "error", "A server error occurred.", "Sandbox fault: injected server error."
             )
 
+    def _rejecting(self, operation: str) -> Reject | None:
+        """The ``reject`` fault when it applies to ``operation``."""
+        faults = self.faults
+        if faults.reject is None or (faults.operations is not None and operation not in faults.operations):
+            return None
+        return faults.reject
+
+    def _check_records(self, operation: str, records: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        """Refuse the request (400, one error per record) when the ``reject`` fault names any of ``records``:
+        (pointer to the record's attributes, attributes)."""
+        reject = self._rejecting(operation)
+        if reject is None:
+            return
+        errors = []
+        for pointer, attributes in records:
+            name = reject.matches(attributes)
+            if name is not None:
+                errors.append(reject.error(f"{pointer}/{name}"))
+        refuse(errors)
+
+    # ---- jobs ---------------------------------------------------------------------------------------------------
+
+    def _advance_jobs(self) -> None:
+        """Move every running job on to where the clock says it is (called under the lock)."""
+        if not self._running:
+            return
+        now = self._clock()
+        for job in self._running:
+            job.advance(now)
+        self._running = [job for job in self._running if job.status != "complete"]
+
+    def _start_job(
+        self,
+        kind: str,
+        items: list[Any],
+        apply: Callable[[int, Any], dict[str, Any] | None],
+        *,
+        lists: Sequence[str] = (),
+    ) -> Job:
+        start = self._clock()
+        job = Job(str(uuid.uuid4()), kind, start, self.job_delay, items, apply, lists=list(lists))
+        self.jobs[job.id] = job
+        job.advance(job.start)  # without a delay it is complete at once
+        if job.status != "complete":
+            self._running.append(job)
+        return job
+
     def _body(self, request: Request, op: Operation) -> Any:
         if op.validator is None:
             return None
         raw = request.get_data(cache=True)
+        most = PAYLOAD_LIMITS.get(op.operation_id)
+        if most is not None and len(raw) > most:
+            size = f"{most // 1_000_000}MB" if most >= 1_000_000 else f"{most // 1_000}KB"
+            raise invalid(f"The maximum allowed payload size is {size}; this request has {len(raw)} bytes.", "/data")
         try:
             body = json.loads(raw) if raw else None
         except ValueError as exc:
@@ -507,6 +728,7 @@ class KlaviyoSandbox:
 
     def _op_create_or_update_profile(self, request: Request, body: Any) -> Response:
         data = body["data"]
+        self._check_records("create_or_update_profile", [("/data/attributes", data["attributes"])])
         profile, created = self._upsert(
             data["attributes"], profile_id=data.get("id"), clear_nulls=True, pointer="/data/attributes"
         )
@@ -514,6 +736,7 @@ class KlaviyoSandbox:
 
     def _op_create_profile(self, request: Request, body: Any) -> Response:
         attributes = body["data"]["attributes"]
+        self._check_records("create_profile", [("/data/attributes", attributes)])
         existing = self._matches(attributes)
         if existing:
             raise ApiError(
@@ -536,6 +759,7 @@ class KlaviyoSandbox:
         profile = self.profiles.get(id)
         if profile is None:
             raise not_found(f"Profile {id} does not exist.")
+        self._check_records("update_profile", [("/data/attributes", data.get("attributes", {}))])
         self._apply(profile, data.get("attributes", {}), clear_nulls=True, pointer="/data/attributes")
         patch = (data.get("meta") or {}).get("patch_properties") or {}
         unset = patch.get("unset") or []
@@ -564,79 +788,59 @@ class KlaviyoSandbox:
         for i, list_id in enumerate(list_ids):
             if list_id not in self.lists:
                 raise invalid(f"List {list_id} does not exist.", f"/data/relationships/lists/data/{i}/id")
-        records = data["attributes"]["profiles"]["data"]
-        rejected = {_norm("email", email) for email in self.faults.reject_emails}
-        errors: list[dict[str, Any]] = []
-        started = _now()
-        for i, record in enumerate(records):
+        reject = self._rejecting("bulk_import_profiles")  # as it was when the job was created
+
+        def apply(i: int, record: dict[str, Any]) -> dict[str, Any] | None:
             attributes = record["attributes"]
             pointer = f"/data/attributes/profiles/data/{i}"
             try:
-                if _norm("email", attributes.get("email")) in rejected:
-                    raise invalid("Sandbox fault: this record is rejected.", f"{pointer}/attributes/email")
+                size = len(json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode())
+                if size > MAX_BULK_PROFILE_BYTES:
+                    raise invalid(
+                        f"The maximum allowed payload size per-profile is 100KB; this one is {size}.", pointer
+                    )
+                name = reject.matches(attributes) if reject is not None else None
+                if reject is not None and name is not None:
+                    raise reject.error(f"{pointer}/attributes/{name}")
                 profile, _ = self._upsert(
                     attributes, profile_id=record.get("id"), clear_nulls=False, pointer=f"{pointer}/attributes"
                 )
             except ApiError as error:
-                errors.append(
-                    {
-                        "type": "import-error",
-                        "id": str(uuid.uuid4()),
-                        "attributes": {
-                            "code": error.code,
-                            "title": error.title,
-                            "detail": error.detail,
-                            "source": {"pointer": error.source.get("pointer", pointer)},
-                            "original_payload": attributes,
-                        },
-                    }
-                )
-                continue
+                return {
+                    "type": "import-error",
+                    "id": str(uuid.uuid4()),
+                    "attributes": {
+                        "code": error.code,
+                        "title": error.title,
+                        "detail": error.detail,
+                        "source": {"pointer": error.source.get("pointer", pointer)},
+                        "original_payload": attributes,
+                    },
+                }
             for list_id in list_ids:
                 self.lists[list_id]["members"].add(profile.id)
-        finished = datetime.now(UTC)
-        job_id = str(uuid.uuid4())
-        self.jobs[job_id] = {
-            "kind": "profile-bulk-import-job",
-            "status": "complete",
-            "created_at": started,
-            "started_at": started,
-            "completed_at": finished.isoformat(timespec="seconds"),
-            "expires_at": (finished + timedelta(days=7)).isoformat(timespec="seconds"),
-            "total_count": len(records),
-            "completed_count": len(records) - len(errors),
-            "failed_count": len(errors),
-            "lists": list_ids,
-            "errors": errors,
-        }
-        return _json(self._job_document(job_id), 202)
+            return None
 
-    def _job(self, job_id: str) -> dict[str, Any]:
+        records = data["attributes"]["profiles"]["data"]
+        job = self._start_job("profile-bulk-import-job", records, apply, lists=list_ids)
+        return _json(self._job_document(job.id), 202)
+
+    def _job(self, job_id: str) -> Job:
         job = self.jobs.get(job_id)
-        if job is None or job["kind"] != "profile-bulk-import-job":
+        if job is None or job.kind != "profile-bulk-import-job":
             raise not_found(f"Bulk import job {job_id} does not exist.")
         return job
 
     def _job_document(self, job_id: str) -> dict[str, Any]:
-        job = self._job(job_id)
-        names = ("status", "created_at", "total_count", "completed_count", "failed_count")
-        attributes = {name: job[name] for name in (*names, "completed_at", "expires_at", "started_at")}
-        link = f"{BASE}/api/profile-bulk-import-jobs/{job_id}/"
-        resource = {
-            "type": "profile-bulk-import-job",
-            "id": job_id,
-            "attributes": attributes,
-            "relationships": {"lists": {"data": [{"type": "list", "id": lid} for lid in job["lists"]]}},
-            "links": {"self": link},
-        }
-        return {"data": resource, "links": {"self": link}}
+        resource = self._job(job_id).resource()
+        return {"data": resource, "links": resource["links"]}
 
     def _op_get_bulk_import_profiles_job(self, request: Request, _body: Any, id: str) -> Response:
         return _json(self._job_document(id), 200)
 
     def _op_get_errors_for_bulk_import_profiles_job(self, request: Request, _body: Any, id: str) -> Response:
         job = self._job(id)
-        return _json({"data": job["errors"], "links": {"self": f"{BASE}/api/profile-bulk-import-jobs/{id}/"}}, 200)
+        return _json({"data": job.errors, "links": {"self": f"{BASE}/api/profile-bulk-import-jobs/{id}/"}}, 200)
 
     # ---- events -------------------------------------------------------------------------------------------------
 
@@ -668,6 +872,9 @@ class KlaviyoSandbox:
     def _op_create_event(self, request: Request, body: Any) -> Response:
         attributes = body["data"]["attributes"]
         profile_data = attributes["profile"]["data"]
+        self._check_records(
+            "create_event", [("/data/attributes/profile/data/attributes", profile_data.get("attributes") or {})]
+        )
         profile, _ = self._upsert(
             profile_data.get("attributes") or {},
             profile_id=profile_data.get("id"),
@@ -700,6 +907,16 @@ class KlaviyoSandbox:
                         f"{base}/{i}/attributes/events/data/{j}/attributes/unique_id",
                     )
                 seen.add(key)
+        self._check_records(
+            "bulk_create_events",
+            [
+                (
+                    f"{base}/{i}/attributes/profile/data/attributes",
+                    entry["attributes"]["profile"]["data"].get("attributes") or {},
+                )
+                for i, entry in enumerate(entries)
+            ],
+        )
         for i, entry in enumerate(entries):
             profile_data = entry["attributes"]["profile"]["data"]
             profile, _ = self._upsert(
@@ -735,6 +952,7 @@ class KlaviyoSandbox:
                         raise invalid("consented_at is required when historical_import is true.", pointer)
                     if consent.get("consented_at") and not historical:
                         raise invalid("consented_at is only allowed when historical_import is true.", pointer)
+        self._check_records("bulk_subscribe_profiles", _profile_records(records))
         for i, record in enumerate(records):
             attributes = record["attributes"]
             identifiers = {name: attributes[name] for name in ("email", "phone_number") if attributes.get(name)}
@@ -755,6 +973,7 @@ class KlaviyoSandbox:
     def _op_bulk_unsubscribe_profiles(self, request: Request, body: Any) -> Response:
         data = body["data"]
         list_id = self._list_of(data)
+        self._check_records("bulk_unsubscribe_profiles", _profile_records(data["attributes"]["profiles"]["data"]))
         for i, record in enumerate(data["attributes"]["profiles"]["data"]):
             attributes = record["attributes"]
             identifiers = {name: attributes[name] for name in ("email", "phone_number") if attributes.get(name)}
@@ -769,39 +988,49 @@ class KlaviyoSandbox:
                 self.lists[list_id]["members"].discard(profile.id)
         return Response(status=202)
 
-    def _suppression_targets(self, data: dict[str, Any]) -> list[Profile]:
-        targets = []
-        for i, record in enumerate(((data["attributes"].get("profiles") or {}).get("data")) or []):
-            profile, _ = self._upsert(
-                {"email": record["attributes"]["email"]},
-                clear_nulls=False,
-                pointer=f"/data/attributes/profiles/data/{i}/attributes",
-            )
-            targets.append(profile)
+    def _suppression(
+        self, operation: str, kind: str, data: dict[str, Any], change: Callable[[Profile], None]
+    ) -> Response:
+        """A suppression job over the emails given and the current members of ``relationships.list``."""
+        records = ((data["attributes"].get("profiles") or {}).get("data")) or []
+        self._check_records(operation, _profile_records(records))
+        items: list[tuple[str, str]] = [("email", record["attributes"]["email"]) for record in records]
         list_id = self._list_of(data)
         if list_id is not None:
-            targets.extend(self.profiles[pid] for pid in self.lists[list_id]["members"])
-        return targets
+            items.extend(("id", pid) for pid in sorted(self.lists[list_id]["members"]))
 
-    def _suppression_job(self, kind: str, total: int) -> Response:
-        job_id, now = str(uuid.uuid4()), _now()
-        attributes = {"status": "complete", "created_at": now, "completed_at": now, "total_count": total}
-        self.jobs[job_id] = {"kind": kind, **attributes, "completed_count": total}
-        link = {"self": f"{BASE}/api/{kind}s/{job_id}/"}
-        resource = {"type": kind, "id": job_id, "attributes": attributes | {"completed_count": total}, "links": link}
-        return _json({"data": resource, "links": link}, 202)
+        def apply(i: int, item: tuple[str, str]) -> dict[str, Any] | None:
+            kind_of, value = item
+            if kind_of == "id":
+                profile = self.profiles.get(value)
+                if profile is None:  # deleted since the job was created
+                    return None
+            else:
+                try:
+                    profile, _ = self._upsert({"email": value}, clear_nulls=False, pointer="/data")
+                except ApiError:  # cannot happen with an email alone; a job never fails a later request
+                    return None
+            change(profile)
+            return None
+
+        job = self._start_job(kind, items, apply)
+        resource = job.resource()
+        return _json({"data": resource, "links": resource["links"]}, 202)
 
     def _op_bulk_suppress_profiles(self, request: Request, body: Any) -> Response:
-        targets = self._suppression_targets(body["data"])
-        for profile in targets:
+        def suppress(profile: Profile) -> None:
             profile.suppressions.add("USER_SUPPRESSED")
-        return self._suppression_job("profile-suppression-bulk-create-job", len(targets))
+
+        return self._suppression(
+            "bulk_suppress_profiles", "profile-suppression-bulk-create-job", body["data"], suppress
+        )
 
     def _op_bulk_unsuppress_profiles(self, request: Request, body: Any) -> Response:
-        targets = self._suppression_targets(body["data"])
-        for profile in targets:
+        def unsuppress(profile: Profile) -> None:
             profile.suppressions.discard("USER_SUPPRESSED")  # UNSUBSCRIBE, HARD_BOUNCE, … stay
-        return self._suppression_job("profile-suppression-bulk-delete-job", len(targets))
+
+        kind = "profile-suppression-bulk-delete-job"
+        return self._suppression("bulk_unsuppress_profiles", kind, body["data"], unsuppress)
 
     # ---- lists --------------------------------------------------------------------------------------------------
 
@@ -819,23 +1048,32 @@ class KlaviyoSandbox:
         }
         return _json({"data": resource, "links": {"self": link}}, 201)
 
-    def _membership(self, body: Any, id: str) -> tuple[set[str], list[str]]:
+    def _membership(self, operation: str, body: Any, id: str) -> tuple[set[str], list[str]]:
         if id not in self.lists:
             raise not_found(f"List {id} does not exist.")
         ids = [item["id"] for item in body["data"]]
         for i, pid in enumerate(ids):
             if pid not in self.profiles:
                 raise invalid(f"Profile {pid} does not exist.", f"/data/{i}/id")
+        reject = self._rejecting(operation)  # records named by id: the fault looks at the profiles' identifiers
+        if reject is not None:
+            refuse(
+                [
+                    reject.error(f"/data/{i}/id")
+                    for i, pid in enumerate(ids)
+                    if reject.matches(self.profiles[pid].attributes)
+                ]
+            )
         members: set[str] = self.lists[id]["members"]
         return members, ids
 
     def _op_add_profiles_to_list(self, request: Request, body: Any, id: str) -> Response:
-        members, ids = self._membership(body, id)
+        members, ids = self._membership("add_profiles_to_list", body, id)
         members.update(ids)
         return Response(status=204)
 
     def _op_remove_profiles_from_list(self, request: Request, body: Any, id: str) -> Response:
-        members, ids = self._membership(body, id)
+        members, ids = self._membership("remove_profiles_from_list", body, id)
         members.difference_update(ids)
         return Response(status=204)
 
@@ -843,6 +1081,8 @@ class KlaviyoSandbox:
 
     def _op_request_profile_deletion(self, request: Request, body: Any) -> Response:
         data = body["data"]["attributes"]["profile"]["data"]
+        pointer = "/data/attributes/profile/data/attributes"
+        self._check_records("request_profile_deletion", [(pointer, data.get("attributes") or {})])
         matches = self._matches(data.get("attributes") or {}, data.get("id"))
         for profile in matches:
             del self.profiles[profile.id]
@@ -931,6 +1171,11 @@ class KlaviyoSandbox:
     def _admin_reset(self, request: Request) -> Response:
         self.reset()
         return Response(json.dumps({"reset": True}), content_type="application/json")
+
+
+def _profile_records(records: Sequence[dict[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
+    """The records of a ``profiles.data`` batch, each with the pointer to its attributes."""
+    return [(f"/data/attributes/profiles/data/{i}/attributes", r["attributes"]) for i, r in enumerate(records)]
 
 
 def _throttled(retry_after: float) -> ApiError:

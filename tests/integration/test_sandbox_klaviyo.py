@@ -320,7 +320,7 @@ def test_bulk_events_are_capped_at_1000(client: Client) -> None:
 
 def test_bulk_import_job_status_and_per_record_errors(client: Client) -> None:
     list_id = create_list(client)
-    faults = client.post("/_sandbox/faults", json={"reject_emails": ["bad@example.com"]})
+    faults = client.post("/_sandbox/faults", json={"reject": {"emails": ["Bad@Example.com"]}})
     assert faults.status_code == 200
     response = call(client, "bulk_import_profiles", bulk_import("a@example.com", "bad@example.com", lists=[list_id]))
     assert response.status_code == 202
@@ -526,3 +526,252 @@ def test_requests_are_captured_without_the_api_key(client: Client) -> None:
     assert log[0]["status"] == 202
     assert DEFAULT_API_KEY not in client.get("/_sandbox/requests").get_data(as_text=True)
     assert state(client)["requests"]["by_operation"] == {"create_event": 1, "create_or_update_profile": 1}
+
+
+# ---- per-record rejections (fault "reject") -----------------------------------------------------------------
+
+
+def reject(client: Client, **rule: Any) -> None:
+    operations = rule.pop("operations", None)
+    body: dict[str, Any] = {"reject": rule} | ({"operations": operations} if operations else {})
+    response = client.post("/_sandbox/faults", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def pointers(response: TestResponse) -> list[str]:
+    assert response.status_code == 400
+    errors = response.json["errors"]
+    assert all({"id", "status", "code", "title", "detail", "source"} <= set(e) for e in errors)
+    return [e["source"]["pointer"] for e in errors]
+
+
+def test_a_rejected_single_profile_is_a_400_naming_the_identifier(client: Client) -> None:
+    reject(client, contains=["cust-bad"], detail="This external_id is refused.", code="invalid_external_id")
+    response = call(client, "create_or_update_profile", profile(email="a@example.com", external_id="CUST-BAD-7"))
+    err = error(response)
+    assert response.status_code == 400
+    assert (err["code"], err["detail"]) == ("invalid_external_id", "This external_id is refused.")
+    assert err["source"] == {"pointer": "/data/attributes/external_id"}
+    assert call(client, "create_profile", profile(external_id="cust-bad-8")).status_code == 400
+    bad_event = event("a@example.com", "Placed Order", "o1")
+    bad_event["data"]["attributes"]["profile"]["data"]["attributes"]["external_id"] = "cust-bad-1"
+    assert pointers(call(client, "create_event", bad_event)) == ["/data/attributes/profile/data/attributes/external_id"]
+    assert state(client)["profiles"] == [] and state(client)["events"] == []
+    assert call(client, "create_or_update_profile", profile(email="a@example.com")).status_code == 201
+
+
+def test_a_rejected_record_in_a_bulk_subscribe_refuses_the_request_naming_each_record(client: Client) -> None:
+    reject(client, emails=["b@example.com", "D@example.com"])
+    records = [
+        {
+            "type": "profile",
+            "attributes": {"email": email, "subscriptions": {"email": {"marketing": {"consent": "SUBSCRIBED"}}}},
+        }
+        for email in ("a@example.com", "b@example.com", "c@example.com", "d@example.com")
+    ]
+    body = {"data": {"type": "profile-subscription-bulk-create-job", "attributes": {"profiles": {"data": records}}}}
+    assert pointers(call(client, "bulk_subscribe_profiles", body)) == [
+        "/data/attributes/profiles/data/1/attributes/email",
+        "/data/attributes/profiles/data/3/attributes/email",
+    ]
+    assert state(client)["profiles"] == []  # nothing in the request took effect
+    body["data"]["attributes"]["profiles"]["data"] = records[::2]
+    assert call(client, "bulk_subscribe_profiles", body).status_code == 202
+    assert len(state(client)["subscriptions"]) == 2
+
+
+def test_rejections_in_the_other_batches(client: Client) -> None:
+    reject(client, contains=["@blocked."])
+    unsubscribe = subscription("profile-subscription-bulk-delete-job", "x@blocked.test", "UNSUBSCRIBED")
+    assert pointers(call(client, "bulk_unsubscribe_profiles", unsubscribe)) == [
+        "/data/attributes/profiles/data/0/attributes/email"
+    ]
+    suppress = {
+        "data": {
+            "type": "profile-suppression-bulk-create-job",
+            "attributes": {
+                "profiles": {
+                    "data": [{"type": "profile", "attributes": {"email": e}} for e in ("ok@x.test", "no@blocked.test")]
+                }
+            },
+        }
+    }
+    assert pointers(call(client, "bulk_suppress_profiles", suppress)) == [
+        "/data/attributes/profiles/data/1/attributes/email"
+    ]
+    events = bulk_events(("ok@x.test", [("Placed Order", "u1")]), ("no@blocked.test", [("Placed Order", "u2")]))
+    assert pointers(call(client, "bulk_create_events", events)) == [
+        "/data/attributes/events-bulk-create/data/1/attributes/profile/data/attributes/email"
+    ]
+    deletion = {
+        "data": {
+            "type": "data-privacy-deletion-job",
+            "attributes": {"profile": {"data": {"type": "profile", "attributes": {"email": "no@blocked.test"}}}},
+        }
+    }
+    assert pointers(call(client, "request_profile_deletion", deletion)) == [
+        "/data/attributes/profile/data/attributes/email"
+    ]
+    assert state(client)["profiles"] == [] and state(client)["events"] == [] and state(client)["jobs"] == {}
+
+
+def test_list_membership_rejections_point_at_the_profile_id(client: Client) -> None:
+    list_id = create_list(client)
+    ids = [call(client, "create_profile", profile(email=e)).json["data"]["id"] for e in ("a@x.test", "b@x.test")]
+    reject(client, emails=["b@x.test"])
+    members = {"data": [{"type": "profile", "id": pid} for pid in ids]}
+    response = client.post(f"/api/lists/{list_id}/relationships/profiles", data=json.dumps(members), headers=HEADERS)
+    assert pointers(response) == ["/data/1/id"]
+    assert state(client)["lists"][list_id]["members"] == []
+
+
+def test_the_reject_fault_honours_operations(client: Client) -> None:
+    reject(client, emails=["a@example.com"], operations=["bulk_subscribe_profiles"])
+    assert call(client, "create_or_update_profile", profile(email="a@example.com")).status_code == 201
+    body = subscription("profile-subscription-bulk-create-job", "a@example.com", "SUBSCRIBED")
+    assert call(client, "bulk_subscribe_profiles", body).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "fault", [{"reject": {"contains": [""]}}, {"reject": {"emails": ["a@x"], "colour": "red"}}, {"reject_emails": []}]
+)
+def test_malformed_reject_faults_are_refused(client: Client, fault: dict[str, Any]) -> None:
+    assert client.post("/_sandbox/faults", json=fault).status_code == 400
+
+
+# ---- asynchronous jobs --------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job_attributes(client: Client, job_id: str) -> dict[str, Any]:
+    response = call(client, "get_bulk_import_profiles_job", path=f"/api/profile-bulk-import-jobs/{job_id}")
+    assert response.status_code == 200
+    return dict(response.json["data"]["attributes"])
+
+
+def test_bulk_import_jobs_go_queued_processing_complete_over_the_job_delay() -> None:
+    clock = FakeClock()
+    # job_delay 10 s at time scale 2: 5 s in all, queued for 2.5 s, then processing for 2.5 s
+    client = Client(KlaviyoSandbox(job_delay=10, time_scale=2, clock=clock))
+    reject(client, emails=["p1@example.com"])
+    posted = call(client, "bulk_import_profiles", bulk_import(*(f"p{i}@example.com" for i in range(10))))
+    assert posted.status_code == 202
+    job_id = posted.json["data"]["id"]
+    counts = ("status", "total_count", "completed_count", "failed_count")
+    assert [posted.json["data"]["attributes"][k] for k in counts] == ["queued", 10, 0, 0]
+    assert posted.json["data"]["attributes"]["started_at"] is None
+    clock.now += 2.4
+    assert [job_attributes(client, job_id)[k] for k in counts] == ["queued", 10, 0, 0]
+    assert state(client)["profiles"] == []
+    clock.now += 0.6  # 3 s: a fifth of the processing time, two records done, the rejected one among them
+    attributes = job_attributes(client, job_id)
+    assert [attributes[k] for k in counts] == ["processing", 10, 1, 1]
+    assert attributes["started_at"] is not None and attributes["completed_at"] is None
+    assert len(state(client)["profiles"]) == 1
+    errors = client.get(f"/api/profile-bulk-import-jobs/{job_id}/import-errors", headers=HEADERS).json["data"]
+    assert [e["attributes"]["original_payload"]["email"] for e in errors] == ["p1@example.com"]
+    clock.now += 1.5  # 4.5 s: 80 % processed
+    assert [job_attributes(client, job_id)[k] for k in counts] == ["processing", 10, 7, 1]
+    clock.now += 0.5
+    attributes = job_attributes(client, job_id)
+    assert [attributes[k] for k in counts] == ["complete", 10, 9, 1]
+    assert attributes["completed_at"] is not None and attributes["expires_at"] > attributes["completed_at"]
+    assert len(state(client)["profiles"]) == 9
+
+
+def test_without_a_job_delay_jobs_are_complete_when_the_post_returns(client: Client) -> None:
+    posted = call(client, "bulk_import_profiles", bulk_import("a@example.com"))
+    assert posted.json["data"]["attributes"]["status"] == "complete"
+    assert posted.json["data"]["attributes"]["completed_count"] == 1
+
+
+def test_suppression_jobs_take_effect_when_processed() -> None:
+    clock = FakeClock()
+    client = Client(KlaviyoSandbox(job_delay=4, clock=clock))
+    body = {
+        "data": {
+            "type": "profile-suppression-bulk-create-job",
+            "attributes": {"profiles": {"data": [{"type": "profile", "attributes": {"email": "a@example.com"}}]}},
+        }
+    }
+    posted = call(client, "bulk_suppress_profiles", body)
+    assert posted.status_code == 202
+    job_id = posted.json["data"]["id"]
+    assert (posted.json["data"]["attributes"]["status"], posted.json["data"]["attributes"]["completed_count"]) == (
+        "queued",
+        0,
+    )
+    assert state(client)["suppressions"] == {}
+    clock.now += 4
+    current = state(client)
+    assert list(current["suppressions"].values()) == [["USER_SUPPRESSED"]]
+    assert current["jobs"][job_id]["status"] == "complete" and current["jobs"][job_id]["completed_count"] == 1
+
+
+def test_espbridge_sandbox_passes_job_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    import connector.sandbox
+    from web.cli import main
+
+    started: list[KlaviyoSandbox] = []
+
+    class Server:
+        def __init__(self, app: KlaviyoSandbox, **_: Any) -> None:
+            started.append(app)
+            self.url = "http://127.0.0.1:0"
+
+        def serve_forever(self) -> None:
+            pass
+
+    monkeypatch.setattr(connector.sandbox, "SandboxServer", Server)
+    result = CliRunner().invoke(main, ["sandbox", "--job-delay", "3", "--time-scale", "2"])
+    assert result.exit_code == 0, result.output
+    assert started[0].job_delay == 1.5
+    assert CliRunner().invoke(main, ["sandbox", "--job-delay", "-1"]).exit_code == 2
+
+
+# ---- payload limits -----------------------------------------------------------------------------------------
+
+
+def test_bulk_payloads_over_5_mb_are_refused_before_anything_is_imported(client: Client) -> None:
+    big = "x" * 90_000
+    body = bulk_import(*(f"p{i}@example.com" for i in range(56)))
+    for record in body["data"]["attributes"]["profiles"]["data"]:
+        record["attributes"]["properties"] = {"bio": big}
+    assert len(json.dumps(body)) > 5_000_000
+    response = call(client, "bulk_import_profiles", body)
+    assert pointers(response) == ["/data"]
+    assert "5MB" in error(response)["detail"]
+    del body["data"]["attributes"]["profiles"]["data"][55]
+    assert len(json.dumps(body)) < 5_000_000
+    assert call(client, "bulk_import_profiles", body).status_code == 202
+    events = bulk_events(*((f"p{i}@example.com", [("Viewed Product", f"v{i}")]) for i in range(56)))
+    for entry in events["data"]["attributes"]["events-bulk-create"]["data"]:
+        entry["attributes"]["events"]["data"][0]["attributes"]["properties"] = {"bio": big}
+    assert pointers(call(client, "bulk_create_events", events)) == ["/data"]
+    assert state(client)["events"] == []
+
+
+def test_single_profile_writes_over_100_kb_are_refused(client: Client) -> None:
+    response = call(client, "create_or_update_profile", profile(email="a@example.com", properties={"b": "x" * 100_000}))
+    assert pointers(response) == ["/data"]
+    assert "100KB" in error(response)["detail"]
+    fits = profile(email="a@example.com", properties={"b": "x" * 99_000})
+    assert call(client, "create_or_update_profile", fits).status_code == 201
+
+
+def test_a_bulk_imported_profile_over_100_kb_fails_alone(client: Client) -> None:
+    body = bulk_import("a@example.com", "big@example.com", "c@example.com")
+    body["data"]["attributes"]["profiles"]["data"][1]["attributes"]["properties"] = {"bio": "x" * 100_000}
+    job = call(client, "bulk_import_profiles", body).json["data"]
+    assert (job["attributes"]["completed_count"], job["attributes"]["failed_count"]) == (2, 1)
+    errors = client.get(f"/api/profile-bulk-import-jobs/{job['id']}/import-errors", headers=HEADERS).json["data"]
+    assert [e["attributes"]["source"]["pointer"] for e in errors] == ["/data/attributes/profiles/data/1"]

@@ -25,6 +25,7 @@ from connector.esp.klaviyo import (
     map_error,
     plan_consent,
 )
+from connector.sandbox import DEFAULT_API_KEY, KlaviyoSandbox
 from connector.store import Contact, Event
 from tests.contract.klaviyo import operation, request_errors, spec
 
@@ -591,3 +592,134 @@ def test_consent_plans() -> None:
     assert (bounce.action, bounce.email) == ("suppress", "sarah@example.com")
     assert plan_consent(c, "email", "pending", occurred_at=T0).action == "none"
     assert plan_consent(contact(phone=None), "sms", "subscribed", occurred_at=T0).action == "none"
+
+
+# --- against the ESP sandbox (in process): the sandbox's refusals become the right errors -------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def sandbox_client(sandbox: KlaviyoSandbox) -> KlaviyoClient:
+    return KlaviyoClient(DEFAULT_API_KEY, base_url="http://sandbox.test", transport=httpx.WSGITransport(app=sandbox))
+
+
+def set_faults(sandbox: KlaviyoSandbox, **faults: Any) -> None:
+    with httpx.Client(transport=httpx.WSGITransport(app=sandbox), base_url="http://sandbox.test") as admin:
+        assert admin.post("/_sandbox/faults", json=faults).status_code == 200
+
+
+def test_sandbox_rejection_of_one_profile_is_rejected_record_0() -> None:
+    sandbox = KlaviyoSandbox()
+    set_faults(sandbox, reject={"emails": ["sarah@example.com"], "detail": "Invalid email."})
+    with pytest.raises(Rejected) as info:
+        sandbox_client(sandbox).import_profile(PROFILE)
+    assert [(r.index, r.pointer) for r in info.value.records] == [(0, "/data/attributes/email")]
+    assert info.value.status == 400 and "Invalid email." in str(info.value)
+
+
+def test_sandbox_rejections_in_a_subscribe_batch_name_the_callers_records() -> None:
+    sandbox = KlaviyoSandbox()
+    set_faults(sandbox, reject={"emails": ["p1@example.com", "p3@example.com"]})
+    with pytest.raises(Rejected) as info:
+        sandbox_client(sandbox).subscribe(subscription_updates(4))
+    assert [r.index for r in info.value.records] == [1, 3]
+    assert info.value.accepted == ()
+    assert sandbox.state()["subscriptions"] == {}
+
+
+def test_sandbox_rejection_in_a_later_chunk_reports_the_chunks_already_accepted() -> None:
+    sandbox = KlaviyoSandbox()
+    set_faults(sandbox, reject={"emails": ["p120@example.com"]})
+    with pytest.raises(Rejected) as info:
+        sandbox_client(sandbox).unsubscribe(subscription_updates(150))
+    assert [r.index for r in info.value.records] == [120]
+    assert [(a.offset, a.count) for a in info.value.accepted] == [(0, 100)]
+    assert len(sandbox.state()["subscriptions"]) == 100
+
+
+def test_sandbox_rejection_of_a_profile_in_bulk_events_rejects_each_of_its_events() -> None:
+    sandbox = KlaviyoSandbox()
+    set_faults(sandbox, reject={"emails": ["b@example.com"]})
+    events = [event("m1"), event("m2", email="b@example.com"), event("m3"), event("m4", email="b@example.com")]
+    with pytest.raises(Rejected) as info:
+        sandbox_client(sandbox).bulk_create_events(events)
+    assert sorted(r.index for r in info.value.records) == [1, 3]
+    events = [event("m1"), event("m2", email="b@example.com")]
+    with pytest.raises(Rejected) as info:
+        sandbox_client(sandbox).bulk_create_events(events)
+    assert [r.index for r in info.value.records] == [1]
+
+
+def test_sandbox_rejections_in_suppression_and_list_membership() -> None:
+    sandbox = KlaviyoSandbox()
+    client = sandbox_client(sandbox)
+    ids = [client.import_profile(KlaviyoProfile(email=f"p{i}@example.com")).id for i in range(3)]
+    list_id = client.create_list("Synced: VIP")
+    set_faults(sandbox, reject={"contains": ["p2@"]})
+    with pytest.raises(Rejected) as info:
+        client.suppress([f"p{i}@example.com" for i in range(3)])
+    assert [r.index for r in info.value.records] == [2]
+    with pytest.raises(Rejected) as info:
+        client.add_to_list(list_id, ids)
+    assert [(r.index, r.pointer) for r in info.value.records] == [(2, "/data/2/id")]
+
+
+def test_sandbox_bulk_import_rejections_come_back_as_import_errors() -> None:
+    sandbox = KlaviyoSandbox()
+    set_faults(sandbox, reject={"emails": ["p1@example.com"]})
+    client = sandbox_client(sandbox)
+    [accepted] = client.bulk_import_profiles([KlaviyoProfile(email=f"p{i}@example.com") for i in range(3)])
+    assert (accepted.offset, accepted.count) == (0, 3) and accepted.job_id
+    status = client.bulk_import_job(accepted.job_id)
+    assert (status.status, status.total_count, status.completed_count, status.failed_count) == ("complete", 3, 2, 1)
+    [failure] = client.bulk_import_errors(accepted.job_id)
+    assert failure.original_payload == {"email": "p1@example.com"}
+
+
+def test_bulk_import_job_is_finished_only_when_complete() -> None:
+    clock = FakeClock()
+    sandbox = KlaviyoSandbox(job_delay=2, clock=clock)
+    client = sandbox_client(sandbox)
+    [accepted] = client.bulk_import_profiles([KlaviyoProfile(email=f"p{i}@example.com") for i in range(4)])
+    assert accepted.job_id is not None
+    seen = []
+    for _ in range(5):
+        status = client.bulk_import_job(accepted.job_id)
+        seen.append((status.status, status.completed_count, status.finished))
+        clock.now += 0.5
+    assert seen == [
+        ("queued", 0, False),
+        ("queued", 0, False),
+        ("processing", 0, False),
+        ("processing", 2, False),
+        ("complete", 4, True),
+    ]
+
+
+def test_a_batch_over_5_mb_goes_to_the_sandbox_in_requests_under_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    sandbox = KlaviyoSandbox()
+    profiles = [KlaviyoProfile(email=f"p{i}@example.com", properties={"bio": "x" * 90_000}) for i in range(120)]
+    accepted = sandbox_client(sandbox).bulk_import_profiles(profiles)
+    assert len(accepted) == 3 and sum(a.count for a in accepted) == 120
+    sizes = [len(json.dumps(r["body"], separators=(",", ":"))) for r in sandbox.requests]
+    assert len(sizes) == 3 and all(size <= 5_000_000 for size in sizes)
+    assert len(sandbox.state()["profiles"]) == 120
+    # without the adapter's split, the sandbox refuses the request as Klaviyo would: no record is to blame
+    monkeypatch.setattr("connector.esp.klaviyo.MAX_BULK_PAYLOAD_BYTES", 50_000_000)
+    with pytest.raises(Permanent) as info:
+        sandbox_client(KlaviyoSandbox()).bulk_import_profiles(profiles)
+    assert info.value.status == 400 and "5MB" in str(info.value)
+
+
+def test_a_sandbox_429_storm_is_rate_limited_with_its_retry_after() -> None:
+    sandbox = KlaviyoSandbox()
+    set_faults(sandbox, storm_429=1, storm_retry_after=7)
+    with pytest.raises(RateLimited) as info:
+        sandbox_client(sandbox).create_event(event("m1"))
+    assert info.value.retry_after == 7.0
