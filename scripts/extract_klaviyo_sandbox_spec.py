@@ -32,6 +32,8 @@ OPERATIONS = [
     "get_errors_for_bulk_import_profiles_job",
     "create_event",
     "bulk_create_events",
+    "get_events",
+    "get_metrics",
     "bulk_subscribe_profiles",
     "bulk_unsubscribe_profiles",
     "bulk_suppress_profiles",

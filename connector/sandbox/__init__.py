@@ -5,10 +5,10 @@
 OpenAPI spec, the documented per-operation rate limits (burst, steady, daily; 429 + ``Retry-After``), bulk job
 semantics with per-record errors, fault injection and a request log, all in memory. Every response carries
 ``X-Espbridge-Sandbox: klaviyo``. Written on werkzeug, not Flask: connector/ never imports Flask or web/.
+Engagement (connector/sandbox/klaviyo_webhooks.py): ``GET /api/metrics``, ``GET /api/events``, and email events
+recorded with ``POST /_sandbox/engagement`` delivered to the registered webhooks, signed as Klaviyo signs them.
 
-Not yet emulated: ActiveCampaign; emitting signed webhooks back to espbridge (the hook is
-``KlaviyoSandbox.webhook_subscribers``); GET list endpoints (profiles, events, metrics); OAuth bearer tokens;
-key scopes.
+Not yet emulated: ActiveCampaign; GET list endpoints for profiles; OAuth bearer tokens; key scopes.
 """
 
 from .klaviyo import DEFAULT_API_KEY, SANDBOX_HEADER, Faults, KlaviyoSandbox

@@ -40,7 +40,8 @@ external_id contains one of ``contains``) answer as Klaviyo does for each kind o
   each (the error format is a list), so a client can tell the refused records from the rest and resend those.
 
 Admin endpoints (no Klaviyo auth): ``GET /_sandbox/state``, ``GET /_sandbox/requests``, ``POST /_sandbox/faults``,
-``POST /_sandbox/reset``.
+``POST /_sandbox/reset``; ``POST /_sandbox/engagement`` and ``GET /_sandbox/webhook-deliveries`` (engagement events
+delivered as signed webhooks, with ``GET /api/metrics`` and ``GET /api/events``: klaviyo_webhooks.py).
 """
 
 from __future__ import annotations
@@ -132,11 +133,15 @@ ROUTES = Map(
         Rule("/api/data-privacy-deletion-jobs", methods=["POST"], endpoint="request_profile_deletion"),
         Rule("/api/webhooks", methods=["POST"], endpoint="create_webhook"),
         Rule("/api/webhooks", methods=["GET"], endpoint="get_webhooks"),
+        Rule("/api/metrics", methods=["GET"], endpoint="get_metrics"),
+        Rule("/api/events", methods=["GET"], endpoint="get_events"),
         Rule("/_sandbox/", methods=["GET"], endpoint="admin_index"),
         Rule("/_sandbox/state", methods=["GET"], endpoint="admin_state"),
         Rule("/_sandbox/requests", methods=["GET"], endpoint="admin_requests"),
         Rule("/_sandbox/faults", methods=["GET", "POST"], endpoint="admin_faults"),
         Rule("/_sandbox/reset", methods=["POST"], endpoint="admin_reset"),
+        Rule("/_sandbox/engagement", methods=["POST"], endpoint="admin_engagement"),
+        Rule("/_sandbox/webhook-deliveries", methods=["GET"], endpoint="admin_webhook_deliveries"),
     ],
     strict_slashes=False,
 )
@@ -403,6 +408,9 @@ class KlaviyoSandbox:
         self._reset_state()
         self.faults = Faults()
         self._dice = random.Random()
+        from .klaviyo_webhooks import EngagementEmulator  # imported here: it imports this module
+
+        self.engagement = EngagementEmulator(self)
 
     # ---- state -------------------------------------------------------------------------------------------------
 
@@ -417,6 +425,7 @@ class KlaviyoSandbox:
         self.jobs: dict[str, Job] = {}
         self._running: list[Job] = []  # jobs not complete yet, oldest first
         self.webhooks: dict[str, dict[str, Any]] = {}
+        self.webhook_deliveries: list[dict[str, Any]] = []  # signed webhooks sent (klaviyo_webhooks.py)
         self.deletions: list[dict[str, Any]] = []
         self.requests: deque[dict[str, Any]] = deque(maxlen=REQUEST_LOG_SIZE)
 
@@ -455,11 +464,7 @@ class KlaviyoSandbox:
             }
 
     def webhook_subscribers(self, topic: str) -> list[dict[str, Any]]:
-        """Hook for the later "emit signed webhooks" item: the stored webhooks subscribed to ``topic``.
-
-        Emitting is not implemented yet; it will POST to each ``endpoint_url`` signed with its ``secret_key``
-        (ESP_NOTES 1.3: hex HMAC-SHA256 over raw body + Klaviyo-Timestamp).
-        """
+        """The enabled webhooks subscribed to ``topic`` (``self.engagement`` delivers engagement events to them)."""
         with self._lock:
             return [dict(w) for w in self.webhooks.values() if w["enabled"] and topic in w["topics"]]
 
@@ -1111,7 +1116,8 @@ class KlaviyoSandbox:
     def _op_create_webhook(self, request: Request, body: Any) -> Response:
         data = body["data"]
         attributes = data["attributes"]
-        if not str(attributes["endpoint_url"]).startswith("https://"):
+        if not str(attributes["endpoint_url"]).startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            # Klaviyo takes https only; the sandbox also takes a local http URL, for local tests
             raise invalid("endpoint_url must be an https URL.", "/data/attributes/endpoint_url")
         topics = [t["id"] for t in ((data.get("relationships") or {}).get("webhook-topics") or {}).get("data", [])]
         now = _now()
@@ -1133,6 +1139,20 @@ class KlaviyoSandbox:
     def _op_get_webhooks(self, request: Request, _body: Any) -> Response:
         data = [self._webhook_resource(w) for w in self.webhooks.values()]
         return _json({"data": data, "links": {"self": f"{BASE}/api/webhooks/"}}, 200)
+
+    # ---- engagement: metrics, events, signed webhooks (klaviyo_webhooks.py) ---------------------------------
+
+    def _op_get_metrics(self, request: Request, _body: Any) -> Response:
+        return self.engagement.get_metrics(request)
+
+    def _op_get_events(self, request: Request, _body: Any) -> Response:
+        return self.engagement.get_events(request)
+
+    def _admin_engagement(self, request: Request) -> Response:
+        return self.engagement.record(request)
+
+    def _admin_webhook_deliveries(self, request: Request) -> Response:
+        return self.engagement.deliveries(request)
 
     # ---- admin (no Klaviyo auth) ------------------------------------------------------------------------------
 
