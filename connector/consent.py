@@ -52,14 +52,19 @@ def record(
     context: dict[str, Any],
     evidence_ref: str,
     actor: str = "storefront",
+    action: str | None = None,
 ) -> ConsentLedgerEntry:
-    """Append the ledger row and move the state forward (never backward: an older event does not win)."""
+    """Append the ledger row and move the state forward (never backward: an older event does not win).
+
+    ``action`` names the consent event when the status alone does not (``bounce``, ``complaint``: an ESP webhook
+    moving a person to unsubscribed); by default it follows the status (grant, withdraw, pending).
+    """
     entry = ConsentLedgerEntry(
         store_id=store_id,
         contact_id=contact.id,
         channel=props.channel,
         purpose=props.purpose,
-        action=ACTION_FOR_STATUS[props.status],
+        action=action or ACTION_FOR_STATUS[props.status],
         status_after=props.status,
         occurred_at=occurred_at,
         method=props.method or "api",

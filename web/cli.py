@@ -14,6 +14,7 @@ from connector import migrate as migrations
 from connector.credentials import CredentialCipher, new_key
 from connector.errors import EspbridgeError
 from connector.esp import connections
+from connector.esp.errors import EspError
 from connector.runtime import Runtime
 from connector.store import Role, connect
 from connector.tenancy import create_admin_user, create_store, find_store
@@ -228,11 +229,22 @@ def esp_keygen() -> None:
     help="The account's private API key (or ESPBRIDGE_ESP_API_KEY; asked for when left out).",
 )
 @click.option("--base-url", help="The API's base URL (default: the real ESP; the sandbox's URL for tests and demos).")
+@click.option(
+    "--webhook-secret",
+    envvar="ESPBRIDGE_ESP_WEBHOOK_SECRET",
+    help="The secret the ESP signs webhooks to this store with (default: keep the current one).",
+)
 @click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def esp_connect(
-    ctx: Context, esp_name: str, api_key: str, base_url: str | None, store_id: int | None, as_json: bool
+    ctx: Context,
+    esp_name: str,
+    api_key: str,
+    base_url: str | None,
+    webhook_secret: str | None,
+    store_id: int | None,
+    as_json: bool,
 ) -> None:
     """Connect a store to an ESP account, replacing an earlier connection to the same ESP."""
     db = connect(ctx.settings.database_url)
@@ -240,7 +252,9 @@ def esp_connect(
         cipher = CredentialCipher(ctx.settings.credentials_key)
         with db.writer() as session:
             store = find_store(session, store_id)
-            row = connections.connect(session, cipher, store.id, esp_name, api_key=api_key, base_url=base_url)
+            row = connections.connect(
+                session, cipher, store.id, esp_name, api_key=api_key, base_url=base_url, webhook_secret=webhook_secret
+            )
             url = row.base_url
     except EspbridgeError as exc:
         raise click.UsageError(str(exc)) from None
@@ -248,6 +262,71 @@ def esp_connect(
         db.dispose()
     data = {"store_id": store.id, "esp": esp_name, "base_url": url}
     emit(data, as_json, [f"store {store.id} connected to {esp_name} at {url} (API key stored encrypted)"])
+
+
+@esp.command("register-webhook")
+@click.argument("esp_name", metavar="ESP", type=click.Choice(["klaviyo"]))
+@click.option("--url", required=True, help="The store's public webhook URL: https://<host>/webhooks/klaviyo/<id>.")
+@click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def esp_register_webhook(ctx: Context, esp_name: str, url: str, store_id: int | None, as_json: bool) -> None:
+    """Register the store's webhook URL with the ESP for its engagement topics, signed with the stored secret."""
+    import secrets
+
+    from connector.esp.klaviyo import KlaviyoClient
+    from connector.esp.klaviyo_webhooks import TOPICS
+
+    db = connect(ctx.settings.database_url)
+    try:
+        cipher = CredentialCipher(ctx.settings.credentials_key)
+        with db.reader() as session:
+            store = find_store(session, store_id)
+            connection = connections.load(session, cipher, store.id, esp_name)
+        secret = connection.webhook_secret.get_secret_value() if connection.webhook_secret else None
+        secret = secret or secrets.token_urlsafe(32)  # a new one, stored only once the ESP accepted it
+        with KlaviyoClient(connection.api_key.get_secret_value(), base_url=connection.base_url) as client:
+            webhook_id = client.create_webhook(
+                name=f"espbridge store {store.id}", endpoint_url=url, secret_key=secret, topics=TOPICS
+            )
+        with db.writer() as session:
+            connections.set_webhook_secret(session, cipher, store.id, esp_name, secret)
+    except (EspbridgeError, EspError) as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        db.dispose()
+    data = {"store_id": store.id, "esp": esp_name, "webhook_id": webhook_id, "url": url, "topics": list(TOPICS)}
+    emit(data, as_json, [f"store {store.id}: {esp_name} webhook {webhook_id} → {url} ({len(TOPICS)} topics)"])
+
+
+@esp.command("poll")
+@click.argument("esp_name", metavar="ESP", type=click.Choice(["klaviyo"]))
+@click.option("--since", type=click.DateTime(), help="Start here (UTC) instead of at the stored cursor.")
+@click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def esp_poll(ctx: Context, esp_name: str, since: Any, store_id: int | None, as_json: bool) -> None:
+    """Fetch the ESP's engagement events since the stored cursor and record them (the fallback for webhooks)."""
+    import datetime as dt
+
+    from connector.esp import klaviyo_poll
+
+    db = connect(ctx.settings.database_url)
+    try:
+        with db.reader() as session:
+            store = find_store(session, store_id)
+        start = since.replace(tzinfo=dt.UTC) if since is not None else None
+        result = klaviyo_poll.poll(db, CredentialCipher(ctx.settings.credentials_key), store.id, since=start)
+    except (EspbridgeError, EspError) as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        db.dispose()
+    line = (
+        f"store {store.id}: {result.fetched} {esp_name} events since {result.since:%Y-%m-%d %H:%M:%S} UTC: "
+        f"{result.recorded} recorded, {result.duplicates} already known, {result.consent_entries} consent entries; "
+        f"next poll from {result.next_since:%Y-%m-%d %H:%M:%S} UTC" + ("" if result.complete else " (more to fetch)")
+    )
+    emit(result.as_dict(), as_json, [line])
 
 
 @esp.command("list")

@@ -10,24 +10,30 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 from sqlalchemy.orm import Session
 
-from ..credentials import CredentialCipher
+from ..credentials import CredentialCipher, CredentialsUnavailable
 from ..errors import InvalidInput, NotFound
 from ..store import EspConnection
 from ..store.base import utcnow
 
 #: The ESPs espbridge has adapters for, and the base URL of each one's real API.
 DEFAULT_BASE_URLS = {"klaviyo": "https://a.klaviyo.com"}
+#: Shortest webhook signing secret accepted (an HMAC key: short ones are guessable).
+MIN_WEBHOOK_SECRET = 16
 
 
 @dataclass(frozen=True)
 class Connection:
-    """A connection with its credentials decrypted; the API key stays a SecretStr (never printed)."""
+    """A connection with its credentials decrypted; the API key stays a SecretStr (never printed).
+
+    ``webhook_secret`` signs the ESP's webhooks to this store (None: webhooks are not set up).
+    """
 
     store_id: int
     esp: str
     base_url: str
     api_key: SecretStr
     settings: dict[str, Any] = field(default_factory=dict)
+    webhook_secret: SecretStr | None = None
 
 
 def connect(
@@ -39,8 +45,13 @@ def connect(
     api_key: str,
     base_url: str | None = None,
     settings: dict[str, Any] | None = None,
+    webhook_secret: str | None = None,
 ) -> EspConnection:
-    """Create or replace the store's connection to ``esp``."""
+    """Create or replace the store's connection to ``esp``.
+
+    ``webhook_secret``: the key the ESP signs its webhooks with, stored encrypted with the API key. None keeps the
+    connection's current secret (a new API key does not break webhooks); "" removes it.
+    """
     if esp not in DEFAULT_BASE_URLS:
         raise InvalidInput("esp", f"must be one of {', '.join(sorted(DEFAULT_BASE_URLS))}")
     if not api_key.strip():
@@ -53,8 +64,9 @@ def connect(
     if row is None:
         row = EspConnection(store_id=store_id, esp=esp)
         session.add(row)
+    secret = _kept_webhook_secret(row, cipher) if webhook_secret is None else _checked_secret(webhook_secret)
     row.base_url = url
-    row.credentials = cipher.encrypt({"api_key": api_key.strip()})
+    row.credentials = cipher.encrypt({"api_key": api_key.strip(), **({"webhook_secret": secret} if secret else {})})
     if settings is not None:
         row.settings = settings
     row.updated_at = utcnow()
@@ -67,7 +79,43 @@ def load(session: Session, cipher: CredentialCipher, store_id: int, esp: str) ->
     if row is None:
         raise NotFound(f"store {store_id} is not connected to {esp}")
     credentials = cipher.decrypt(row.credentials)
-    return Connection(store_id, esp, row.base_url, SecretStr(credentials["api_key"]), dict(row.settings))
+    secret = credentials.get("webhook_secret")
+    return Connection(
+        store_id,
+        esp,
+        row.base_url,
+        SecretStr(credentials["api_key"]),
+        dict(row.settings),
+        SecretStr(secret) if secret else None,
+    )
+
+
+def set_webhook_secret(session: Session, cipher: CredentialCipher, store_id: int, esp: str, secret: str) -> None:
+    """Store (replace) the secret ``esp`` signs this store's webhooks with, encrypted with the API key."""
+    row = session.scalar(sa.select(EspConnection).where(EspConnection.store_id == store_id, EspConnection.esp == esp))
+    if row is None:
+        raise NotFound(f"store {store_id} is not connected to {esp}")
+    credentials = cipher.decrypt(row.credentials)
+    row.credentials = cipher.encrypt({**credentials, "webhook_secret": _checked_secret(secret)})
+    row.updated_at = utcnow()
+    session.flush()
+
+
+def _checked_secret(secret: str) -> str:
+    secret = secret.strip()
+    if secret and len(secret) < MIN_WEBHOOK_SECRET:
+        raise InvalidInput("webhook_secret", f"at least {MIN_WEBHOOK_SECRET} characters")
+    return secret
+
+
+def _kept_webhook_secret(row: EspConnection, cipher: CredentialCipher) -> str | None:
+    if not row.credentials:
+        return None
+    try:
+        secret = cipher.decrypt(row.credentials).get("webhook_secret")
+    except CredentialsUnavailable:
+        return None  # the old credentials cannot be read any more: nothing to keep
+    return secret if isinstance(secret, str) else None
 
 
 def connections(session: Session, store_id: int) -> list[EspConnection]:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, TypeVar
+from urllib.parse import quote, urlencode
 
 import httpx
 
@@ -60,6 +61,8 @@ MAX_UNSUBSCRIBE = 100
 MAX_SUPPRESS = 100
 MAX_LIST_MEMBERS = 1_000
 MAX_BULK_PAYLOAD_BYTES = 5_000_000
+EVENTS_PAGE_SIZE = 200  # GET /api/events: default 200, at most 1,000 per page
+MAX_EVENTS_PAGE_SIZE = 1_000
 
 #: Burst (per second) and steady (per minute) limits per operation, for the shared limiter (x-klaviyo-ratelimit).
 RATE_LIMITS: dict[str, tuple[int, int]] = {
@@ -77,6 +80,9 @@ RATE_LIMITS: dict[str, tuple[int, int]] = {
     "add_profiles_to_list": (10, 150),
     "remove_profiles_from_list": (10, 150),
     "request_profile_deletion": (3, 60),
+    "create_webhook": (1, 15),
+    "get_metrics": (10, 150),
+    "get_events": (350, 3500),
 }
 #: ``create_list`` also has a daily cap of 150.
 
@@ -268,6 +274,23 @@ class EventBatchResult:
 
     accepted: tuple[Accepted, ...]
     duplicates: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Metric:
+    id: str
+    name: str
+    integration: str | None  # "Klaviyo" for Klaviyo's own metrics (Opened Email, …), "API" for ones sent to it
+
+
+@dataclass(frozen=True)
+class EventPage:
+    """One page of ``GET /api/events``: raw event resources, the included profiles' attributes by profile id, and
+    the cursor of the next page (None on the last)."""
+
+    events: tuple[Mapping[str, Any], ...]
+    profiles: Mapping[str, Mapping[str, Any]]
+    next_cursor: str | None
 
 
 # --- the client ---------------------------------------------------------------------------------------------------
@@ -563,6 +586,71 @@ class KlaviyoClient:
         body = {"data": {"type": "data-privacy-deletion-job", "attributes": {"profile": {"data": profile}}}}
         self._send("request_profile_deletion", "POST", "/api/data-privacy-deletion-jobs", body, records=1)
 
+    # engagement: webhook registration and polling (connector/esp/klaviyo_poll.py)
+
+    def create_webhook(self, *, name: str, endpoint_url: str, secret_key: str, topics: Sequence[str]) -> str:
+        """Register a system webhook (``POST /api/webhooks``) for ``topics``; returns its id."""
+        body = {
+            "data": {
+                "type": "webhook",
+                "attributes": {"name": name, "endpoint_url": endpoint_url, "secret_key": secret_key},
+                "relationships": {"webhook-topics": {"data": [{"type": "webhook-topic", "id": t} for t in topics]}},
+            }
+        }
+        return _data_id(self._send("create_webhook", "POST", "/api/webhooks", body))
+
+    def get_metrics(self, *, integration_name: str | None = None) -> list[Metric]:
+        """Every metric of the account (``GET /api/metrics``, all pages), or those of one integration."""
+        params = {"filter": f'equals(integration.name,"{integration_name}")'} if integration_name else {}
+        metrics: list[Metric] = []
+        cursor: str | None = None
+        while True:
+            query = {**params, **({"page[cursor]": cursor} if cursor else {})}
+            page = _json(self._send("get_metrics", "GET", _with_query("/api/metrics", query), None))
+            for item in page.get("data") or []:
+                attrs = item.get("attributes") or {}
+                integration = attrs.get("integration")
+                source = integration.get("name") if isinstance(integration, dict) else None
+                metrics.append(Metric(str(item["id"]), str(attrs.get("name") or ""), source))
+            cursor = _next_cursor(page)
+            if cursor is None:
+                return metrics
+
+    def get_events(
+        self,
+        metric_id: str,
+        *,
+        since: dt.datetime | None = None,
+        cursor: str | None = None,
+        page_size: int = EVENTS_PAGE_SIZE,
+    ) -> EventPage:
+        """One page of a metric's events at or after ``since``, oldest first, with their profiles' emails
+        (``GET /api/events?filter=equals(metric_id,…),greater-or-equal(datetime,…)&sort=datetime&include=profile``).
+        """
+        if since is not None and since.tzinfo is None:
+            raise InvalidInput("since", "must be timezone-aware")
+        if not 1 <= page_size <= MAX_EVENTS_PAGE_SIZE:
+            raise InvalidInput("page_size", f"1 to {MAX_EVENTS_PAGE_SIZE}")
+        conditions = [f'equals(metric_id,"{_filter_value(metric_id)}")']
+        if since is not None:  # Klaviyo's filter syntax takes datetimes unquoted
+            conditions.append(f"greater-or-equal(datetime,{since.astimezone(dt.UTC).isoformat(timespec='seconds')})")
+        query = {
+            "filter": ",".join(conditions),
+            "sort": "datetime",
+            "include": "profile",
+            "fields[profile]": "email",
+            "page[size]": str(page_size),
+            **({"page[cursor]": cursor} if cursor else {}),
+        }
+        page = _json(self._send("get_events", "GET", _with_query("/api/events", query), None))
+        profiles = {
+            str(item["id"]): item.get("attributes") or {}
+            for item in page.get("included") or []
+            if isinstance(item, dict) and item.get("type") == "profile" and "id" in item
+        }
+        events = tuple(item for item in page.get("data") or [] if isinstance(item, dict))
+        return EventPage(events=events, profiles=profiles, next_cursor=_next_cursor(page))
+
     # plumbing
 
     def _in_chunks(
@@ -777,6 +865,24 @@ def _data_id(response: httpx.Response) -> str:
     if not isinstance(data, dict) or not isinstance(data.get("id"), str):
         raise Permanent(f"{_path(response.request.url.path)}: response has no data.id", status=response.status_code)
     return str(data["id"])
+
+
+def _with_query(path: str, query: Mapping[str, str]) -> str:
+    return f"{path}?{urlencode(query, quote_via=quote)}" if query else path
+
+
+def _next_cursor(page: Mapping[str, Any]) -> str | None:
+    """The ``page[cursor]`` of a collection's ``links.next`` (followed against our base URL, not the link's host)."""
+    link = (page.get("links") or {}).get("next")
+    if not isinstance(link, str) or not link:
+        return None
+    return httpx.URL(link).params.get("page[cursor]") or None
+
+
+def _filter_value(value: str) -> str:
+    if not value or '"' in value or "\\" in value:
+        raise InvalidInput("filter", f"not a usable value: {value!r}")
+    return value
 
 
 def _segment(value: str) -> str:
