@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import sys
@@ -17,6 +18,7 @@ from connector.esp import connections
 from connector.esp.errors import EspError
 from connector.runtime import Runtime
 from connector.store import Role, connect
+from connector.sync.adapters import check_settings
 from connector.tenancy import create_admin_user, create_store, find_store
 
 from .cli_context import Context, emit, pass_context
@@ -234,6 +236,14 @@ def esp_keygen() -> None:
     envvar="ESPBRIDGE_ESP_WEBHOOK_SECRET",
     help="The secret the ESP signs webhooks to this store with (default: keep the current one).",
 )
+@click.option(
+    "--setting",
+    "setting_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A connection setting (repeatable; VALUE is JSON, or else text; null removes it): list_id, mapping, "
+    "timeout, rate_limit_scale. Settings not given are kept.",
+)
 @click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
@@ -243,6 +253,7 @@ def esp_connect(
     api_key: str,
     base_url: str | None,
     webhook_secret: str | None,
+    setting_pairs: tuple[str, ...],
     store_id: int | None,
     as_json: bool,
 ) -> None:
@@ -252,16 +263,43 @@ def esp_connect(
         cipher = CredentialCipher(ctx.settings.credentials_key)
         with db.writer() as session:
             store = find_store(session, store_id)
+            current = {row.esp: dict(row.settings) for row in connections.connections(session, store.id)}
+            settings = _merged_settings(current.get(esp_name, {}), setting_pairs)
+            check_settings(esp_name, settings)
             row = connections.connect(
-                session, cipher, store.id, esp_name, api_key=api_key, base_url=base_url, webhook_secret=webhook_secret
+                session,
+                cipher,
+                store.id,
+                esp_name,
+                api_key=api_key,
+                base_url=base_url,
+                webhook_secret=webhook_secret,
+                settings=settings,
             )
             url = row.base_url
     except EspbridgeError as exc:
         raise click.UsageError(str(exc)) from None
     finally:
         db.dispose()
-    data = {"store_id": store.id, "esp": esp_name, "base_url": url}
+    data = {"store_id": store.id, "esp": esp_name, "base_url": url, "settings": settings}
     emit(data, as_json, [f"store {store.id} connected to {esp_name} at {url} (API key stored encrypted)"])
+
+
+def _merged_settings(current: dict[str, Any], pairs: tuple[str, ...]) -> dict[str, Any]:
+    settings = dict(current)
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--setting")
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = text
+        if value is None:
+            settings.pop(key, None)
+        else:
+            settings[key] = value
+    return settings
 
 
 @esp.command("register-webhook")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import redis
@@ -28,6 +29,26 @@ SETTINGS_KEYS = {
     "timeout": "HTTP timeout in seconds",
 }
 
+
+def check_settings(esp: str, settings: dict[str, Any]) -> None:
+    """Refuse connection settings an adapter could not be built from (``InvalidInput`` naming the key)."""
+    unknown = set(settings) - set(SETTINGS_KEYS)
+    if unknown:
+        raise InvalidInput("setting", f"unknown {sorted(unknown)}; known: {', '.join(sorted(SETTINGS_KEYS))}")
+    for key in ("rate_limit_scale", "timeout"):
+        value = settings.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
+            raise InvalidInput(f"setting.{key}", "must be a positive number")
+    list_id = settings.get("list_id")
+    if list_id is not None and (not isinstance(list_id, str) or not list_id):
+        raise InvalidInput("setting.list_id", "must be a Klaviyo list id")
+    mapping = settings.get("mapping")
+    if mapping is not None:
+        if not isinstance(mapping, dict):
+            raise InvalidInput("setting.mapping", "must be a JSON object")
+        ProfileMapping.from_config(mapping)
+
+
 KLAVIYO_WINDOWS = {op: (Window(burst, 1.0), Window(steady, 60.0)) for op, (burst, steady) in RATE_LIMITS.items()}
 
 
@@ -45,6 +66,7 @@ def build_adapter(connection: Connection, options: AdapterOptions) -> EspAdapter
     settings = connection.settings
     if connection.esp != "klaviyo":
         raise InvalidInput("esp", f"no adapter for {connection.esp!r}")
+    check_settings(connection.esp, settings)
     scale = float(settings.get("rate_limit_scale", 1.0))
     api_key = connection.api_key.get_secret_value()
     limiter = SharedRateLimiter(

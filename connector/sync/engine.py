@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from dramatiq.common import compute_backoff
 
 from ..credentials import CredentialsUnavailable
-from ..errors import NotFound
+from ..errors import InvalidInput, NotFound
 from ..esp.base import ConsentChange, EspAdapter, Outcome, TrackedEvent
 from ..esp.errors import EspError, RateLimited, Transient
 from ..settings import Settings
@@ -103,6 +103,9 @@ class SyncEngine:
                 items = []
             except CredentialsUnavailable as exc:  # the key to decrypt credentials is missing: an operator fixes it
                 settled.failed.update((item.id, Transient(str(exc))) for item in items)
+                items = []
+            except InvalidInput as exc:  # stored settings an adapter cannot be built from: dead letters, replayable
+                settled.dead.update((item.id, f"connection settings: {exc}") for item in items)
                 items = []
             by_kind: dict[str, list[SyncItem]] = {}
             for item in items:

@@ -105,3 +105,32 @@ def test_cli_connects_lists_and_disconnects_without_printing_the_key(
     refused = cli.invoke(main, [*connect, "--api-key", API_KEY])
     assert refused.exit_code == 2 and "ESPBRIDGE_CREDENTIALS_KEY is not set" in refused.output
     assert len(cli.invoke(main, ["esp", "keygen"]).output.strip()) == 44
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_cli_settings_merge_and_bad_ones_are_refused_by_key(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, store: NewStore, db: Database
+) -> None:
+    monkeypatch.setenv("ESPBRIDGE_DATABASE_URL", database_url)
+    monkeypatch.setenv("ESPBRIDGE_CREDENTIALS_KEY", new_key())
+    cli = CliRunner()
+    connect = ["esp", "connect", "klaviyo", "--api-key", API_KEY, "--json"]
+    mapping = '{"fields": {"properties.company": "organization"}}'
+    first = cli.invoke(main, [*connect, "--setting", "list_id=Xy12", "--setting", f"mapping={mapping}"])
+    assert first.exit_code == 0, first.output
+    # Settings not given again are kept; null removes one
+    again = cli.invoke(main, [*connect, "--setting", "rate_limit_scale=4", "--setting", "list_id=null"])
+    assert json.loads(again.output)["settings"] == {
+        "mapping": {"fields": {"properties.company": "organization"}},
+        "rate_limit_scale": 4,
+    }
+    for bad, field in [
+        ("rate_limit_scale=0", "setting.rate_limit_scale"),
+        ("timeout=fast", "setting.timeout"),
+        ("colour=blue", "setting"),
+        ('mapping={"fields": {"properties.x": "favourite_colour"}}', "fields.properties.x"),
+    ]:
+        refused = cli.invoke(main, [*connect, "--setting", bad])
+        assert refused.exit_code == 2 and field in refused.output, (bad, refused.output)
+    with db.reader() as session:
+        assert session.scalar(sa.select(EspConnection.settings))["rate_limit_scale"] == 4

@@ -22,7 +22,7 @@ from connector.jobs.relay import enqueue_due
 from connector.jobs.tasks import Jobs
 from connector.sandbox.klaviyo import DEFAULT_API_KEY, Faults, KlaviyoSandbox, Reject
 from connector.settings import Settings
-from connector.store import Database, EspLink, SyncItem, SyncItemStatus
+from connector.store import Database, EspConnection, EspLink, SyncItem, SyncItemStatus
 from connector.sync import queue
 from connector.sync.adapters import AdapterOptions
 from connector.tenancy import NewStore
@@ -248,3 +248,16 @@ def test_a_withdrawal_unsubscribes_at_klaviyo(
     drain(db, jobs, store.id)
     assert list(sandbox.state()["subscriptions"].values()) == [{"email": "UNSUBSCRIBED"}]
     assert sandbox.state()["requests"]["by_operation"]["bulk_unsubscribe_profiles"] == 1
+
+
+@pytest.mark.usefixtures("connected")
+def test_unusable_connection_settings_make_dead_letters_not_a_stuck_queue(
+    client: FlaskClient, db: Database, store: NewStore, jobs: Jobs, sandbox: KlaviyoSandbox
+) -> None:
+    with db.writer() as session:
+        session.execute(sa.update(EspConnection).values(settings={"rate_limit_scale": "fast"}))
+    post_messages(client, store.write_key, [identify("u1", "m1", email="ada@example.com")])
+    drain(db, jobs, store.id)
+    [item] = items(db)
+    assert item.status == SyncItemStatus.DEAD and "setting.rate_limit_scale" in (item.last_error or "")
+    assert sandbox.state()["requests"]["total"] == 0
