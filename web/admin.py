@@ -9,7 +9,7 @@ from connector import contacts
 from connector.errors import InvalidInput, NotFound
 from connector.esp.connections import DEFAULT_BASE_URLS
 from connector.stats import store_stats
-from connector.store import EspConnection, Role, SyncItem, SyncItemStatus, SyncRun
+from connector.store import EspConnection, Role, SyncRun
 from connector.sync import queue
 from connector.sync.full import FullSyncOptions, SyncRunning, start, summary
 
@@ -129,22 +129,8 @@ def _run_response(run_id: int, status: int) -> Response:
 @requires(Role.ADMIN, Role.MARKETER, Role.VIEWER)
 def list_dead_letters() -> Response:
     """Changes an ESP refused or that kept failing, newest first, with the ESP's last error."""
-    where = [SyncItem.store_id == current_principal().store_id, SyncItem.status == SyncItemStatus.DEAD]
     with get_runtime().db.reader() as session:
-        total = session.scalar(sa.select(sa.func.count(SyncItem.id)).where(*where)) or 0
-        rows = session.scalars(sa.select(SyncItem).where(*where).order_by(SyncItem.id.desc()).limit(100))
-        items = [
-            {
-                "id": item.id,
-                "esp": item.esp,
-                "kind": item.kind,
-                "subject": item.subject_id,
-                "attempts": item.attempts,
-                "created_at": item.created_at,
-                "last_error": item.last_error,
-            }
-            for item in rows
-        ]
+        total, items = queue.dead_letters(session, current_principal().store_id, limit=100)
     return jsonify({"total": total, "dead_letters": items})
 
 

@@ -13,7 +13,7 @@ from connector.credentials import CredentialCipher
 from connector.errors import EspbridgeError
 from connector.esp import connections
 from connector.esp.errors import EspError
-from connector.store import Database, SyncItem, SyncItemStatus, SyncRun, connect
+from connector.store import Database, SyncRun, connect
 from connector.sync import queue
 from connector.sync.adapters import AdapterOptions, build_adapter
 from connector.sync.full import FullSync, FullSyncOptions, start, summary
@@ -140,23 +140,7 @@ def dead_letters_list(ctx: Context, esp_name: str | None, limit: int, store_id: 
     try:
         with db.reader() as session:
             store = find_store(session, store_id)
-            where = [SyncItem.store_id == store.id, SyncItem.status == SyncItemStatus.DEAD]
-            if esp_name:
-                where.append(SyncItem.esp == esp_name)
-            total = session.scalar(sa.select(sa.func.count(SyncItem.id)).where(*where)) or 0
-            rows = session.scalars(sa.select(SyncItem).where(*where).order_by(SyncItem.id.desc()).limit(limit))
-            items = [
-                {
-                    "id": item.id,
-                    "esp": item.esp,
-                    "kind": item.kind,
-                    "subject": item.subject_id,
-                    "attempts": item.attempts,
-                    "created_at": item.created_at,
-                    "last_error": item.last_error,
-                }
-                for item in rows
-            ]
+            total, items = queue.dead_letters(session, store.id, esp=esp_name, limit=limit)
     except EspbridgeError as exc:
         raise click.ClickException(str(exc)) from None
     finally:

@@ -132,3 +132,27 @@ def replay(
         )
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def dead_letters(
+    session: Session, store_id: int, *, esp: str | None = None, limit: int = 50
+) -> tuple[int, list[dict[str, Any]]]:
+    """How many dead letters the store has, and the newest ``limit`` of them as the CLI and admin API show them."""
+    where = [SyncItem.store_id == store_id, SyncItem.status == SyncItemStatus.DEAD]
+    if esp is not None:
+        where.append(SyncItem.esp == esp)
+    total = session.scalar(sa.select(sa.func.count(SyncItem.id)).where(*where)) or 0
+    rows = session.scalars(sa.select(SyncItem).where(*where).order_by(SyncItem.id.desc()).limit(limit))
+    items = [
+        {
+            "id": item.id,
+            "esp": item.esp,
+            "kind": item.kind,
+            "subject": item.subject_id,
+            "attempts": item.attempts,
+            "created_at": item.created_at,
+            "last_error": item.last_error,
+        }
+        for item in rows
+    ]
+    return total, items

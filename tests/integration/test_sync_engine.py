@@ -7,12 +7,14 @@ tests against a sandbox *process*, Redis and a killed worker are in tests/e2e/te
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from connector.credentials import CredentialCipher, new_key
@@ -27,6 +29,7 @@ from connector.sync import queue
 from connector.sync.adapters import AdapterOptions
 from connector.tenancy import NewStore
 from tests.conftest import post_messages, project_all, track
+from web.cli import main as cli
 
 SANDBOX_URL = "http://klaviyo.sandbox"
 
@@ -261,3 +264,36 @@ def test_unusable_connection_settings_make_dead_letters_not_a_stuck_queue(
     [item] = items(db)
     assert item.status == SyncItemStatus.DEAD and "setting.rate_limit_scale" in (item.last_error or "")
     assert sandbox.state()["requests"]["total"] == 0
+
+
+@pytest.mark.usefixtures("connected")
+def test_dead_letters_are_listed_with_the_esp_error_and_replayed_over_the_admin_api_and_cli(
+    client: FlaskClient,
+    db: Database,
+    store: NewStore,
+    jobs: Jobs,
+    sandbox: KlaviyoSandbox,
+    admin_token: Callable[..., str],
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sandbox.faults = Faults(reject=Reject(emails=["ada@example.com"], detail="Invalid email address."))
+    post_messages(client, store.write_key, [identify("u1", "m1", email="ada@example.com")])
+    drain(db, jobs, store.id)
+    viewer = {"Authorization": f"Bearer {admin_token('viewer')}"}
+    listed = client.get("/admin/api/dead-letters", headers=viewer).get_json()
+    assert listed["total"] == 1 and "Invalid email address." in listed["dead_letters"][0]["last_error"]
+    assert client.post("/admin/api/dead-letters/replay", json={}, headers=viewer).status_code == 403
+    admin = {"Authorization": f"Bearer {admin_token('admin')}"}
+    assert client.post("/admin/api/dead-letters/replay", json={"ids": "all"}, headers=admin).status_code == 400
+
+    monkeypatch.setenv("ESPBRIDGE_DATABASE_URL", settings.database_url)
+    cli_listed = CliRunner().invoke(cli, ["dead-letters", "list", "--json"])
+    assert json.loads(cli_listed.output)["dead_letters"][0]["id"] == listed["dead_letters"][0]["id"]
+
+    sandbox.faults = Faults()
+    replayed = client.post("/admin/api/dead-letters/replay", json={}, headers=admin).get_json()
+    assert replayed == {"replayed": 1}
+    queue.claim_due(db, jobs._sync_items)
+    assert [i.status for i in items(db)] == [SyncItemStatus.DONE]
+    assert "1 dead letters" not in CliRunner().invoke(cli, ["dead-letters", "list"]).output
