@@ -15,8 +15,6 @@ from ..store import ConsentLedgerEntry, ConsentState, Contact, EspLink
 
 #: Merge chains are short (a merge points at the survivor); this bounds a corrupt cycle.
 MAX_MERGE_HOPS = 10
-#: Rows per INSERT: SQLite allows 32,766 bound parameters per statement.
-LINK_ROWS_PER_STATEMENT = 1000
 
 
 @dataclass(frozen=True)
@@ -112,12 +110,16 @@ def save_links(session: Session, store_id: int, esp: str, updates: Sequence[Link
         for u in latest.values()
     ]
     insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    for start in range(0, len(rows), LINK_ROWS_PER_STATEMENT):
-        statement = insert(EspLink).values(rows[start : start + LINK_ROWS_PER_STATEMENT])
-        remote_id = sa.func.coalesce(statement.excluded.remote_id, EspLink.remote_id)
-        session.execute(
-            statement.on_conflict_do_update(
-                index_elements=["store_id", "esp", "contact_id"],
-                set_={"synced_hash": statement.excluded.synced_hash, "synced_at": now, "remote_id": remote_id},
-            )
-        )
+    statement = insert(EspLink)
+    statement = statement.on_conflict_do_update(
+        index_elements=["store_id", "esp", "contact_id"],
+        set_={
+            "synced_hash": statement.excluded.synced_hash,
+            "synced_at": statement.excluded.synced_at,
+            "remote_id": sa.func.coalesce(statement.excluded.remote_id, EspLink.remote_id),
+        },
+    )
+    # executemany: SQLAlchemy compiles the statement once and sends the rows as multi-row INSERTs itself (within
+    # SQLite's bound-parameter limit). Compiling a 1,000-row VALUES statement per chunk cost ~1.1 s of CPU per
+    # 10,000 links (bench/sync_klaviyo.py); this costs ~0.1 s.
+    session.execute(statement, rows)
