@@ -10,7 +10,7 @@ every private key with ``metrics:read`` and ``events:read`` can read events (ESP
 3. each page is recorded through the webhooks' path (connector.engagement.record, method ``esp_poll``), so an event
    both delivered by a webhook and polled is recorded once.
 
-The cursor is the connection's ``settings["engagement_poll"]["since"]``. After a complete poll it moves to the
+The cursor is the connection's ``engagement_cursor`` column (migration 0004). After a complete poll it moves to the
 newest event time seen minus ``OVERLAP``: Klaviyo times events to the second and may list an event a little after
 its time, so each poll reads the last minutes again and the events already recorded count as duplicates. An event
 listed more than ``OVERLAP`` after its own time is missed by polling (a webhook would carry it). The first poll, or
@@ -33,9 +33,8 @@ from ..store import Database, EspConnection
 from ..store.base import utcnow
 from . import connections
 from .klaviyo import KlaviyoClient
-from .klaviyo_webhooks import ESP, METRIC_KINDS, parse_time, read_event
+from .klaviyo_webhooks import ESP, METRIC_KINDS, read_event
 
-POLL_SETTING = "engagement_poll"
 DEFAULT_LOOKBACK = dt.timedelta(days=1)
 OVERLAP = dt.timedelta(minutes=10)
 MAX_PAGES = 500  # per metric and poll (100,000 events at 200 a page); the next poll resumes
@@ -85,7 +84,11 @@ def poll(
         raise ValueError("since must be timezone-aware")
     with db.reader() as session:
         connection = connections.load(session, cipher, store_id, ESP)
-    stored = parse_time((connection.settings.get(POLL_SETTING) or {}).get("since"))
+        stored = session.scalar(
+            sa.select(EspConnection.engagement_cursor).where(
+                EspConnection.store_id == store_id, EspConnection.esp == ESP
+            )
+        )
     start = since or stored or utcnow() - DEFAULT_LOOKBACK
     result = PollResult(store_id=store_id, since=start, next_since=start, complete=True)
     newest: dt.datetime | None = None
@@ -138,11 +141,9 @@ def _add(result: PollResult, recorded: engagement.Recorded) -> None:
 
 
 def _save_cursor(db: Database, store_id: int, next_since: dt.datetime) -> None:
-    with db.writer() as session:
-        row = session.scalar(
-            sa.select(EspConnection).where(EspConnection.store_id == store_id, EspConnection.esp == ESP)
+    with db.writer() as session:  # nothing to update if it was disconnected while polling
+        session.execute(
+            sa.update(EspConnection)
+            .where(EspConnection.store_id == store_id, EspConnection.esp == ESP)
+            .values(engagement_cursor=next_since)
         )
-        if row is None:
-            return  # disconnected while polling
-        cursor = {"since": next_since.isoformat(), "polled_at": utcnow().isoformat()}
-        row.settings = {**(row.settings or {}), POLL_SETTING: cursor}

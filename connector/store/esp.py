@@ -22,5 +22,7 @@ class EspConnection(StoreScoped, Base):
     credentials: Mapped[str] = mapped_column(sa.Text)
     #: Per-store adapter settings, such as the contact field mapping.
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: Where the next engagement poll starts (connector/esp/klaviyo_poll.py); None until the first poll.
+    engagement_cursor: Mapped[dt.datetime | None]
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

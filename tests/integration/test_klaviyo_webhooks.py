@@ -531,8 +531,9 @@ def test_polling_records_events_since_the_cursor_and_again_records_nothing(
     (entry,) = rows(db, ConsentLedgerEntry, connected.id)
     assert (entry.action, entry.method, entry.evidence_ref) == ("bounce", "esp_poll", sent[3]["data"]["id"])
     with db.reader() as session:
-        stored = session.scalar(sa.select(EspConnection.settings).where(EspConnection.store_id == connected.id))
-    assert stored is not None and stored["engagement_poll"]["since"] == first.next_since.isoformat()
+        row = session.scalar(sa.select(EspConnection).where(EspConnection.store_id == connected.id))
+    assert row is not None and row.engagement_cursor == first.next_since
+    assert row.settings == {}  # the cursor is no adapter setting (the sync engine checks those)
     assert first.next_since > first.since
 
     second = klaviyo_poll.poll(db, cipher, connected.id, transport=transport)
@@ -677,5 +678,6 @@ def test_the_cli_connects_registers_the_webhook_and_polls(
     since = json.loads(run("esp", "poll", "klaviyo", "--store", str(store.id), "--since", "2020-01-01", "--json"))
     assert since["since"] == "2020-01-01T00:00:00+00:00" and since["recorded"] == 0
     assert len(rows(db, Engagement, store.id)) == 2 and len(rows(db, ConsentLedgerEntry, store.id)) == 1
+    run(*connect, "--store", str(store.id), "--json")  # connecting again after polls is still fine
     run("esp", "poll", "klaviyo", "--store", str(other_store.id), "--since", "2020-01-01")  # nothing there
     assert "Error" in run("esp", "poll", "klaviyo", "--store", "999", code=2)
