@@ -11,7 +11,8 @@ window's length under its limit. That is stricter than the fixed windows Klaviyo
 ours means no 429 there. Each window is lengthened by ``margin`` to absorb the time between being allowed here
 and arriving there. On Redis the check-and-count is one Lua script using Redis's clock, so machines with
 skewed clocks still share one timeline. Without Redis (the embedded single-process mode) the same algorithm
-runs in memory.
+runs in memory, in one budget per process that every limiter instance shares (each worker thread builds its own
+adapter, hence its own limiter).
 
 ``pause(operation, seconds)`` records a 429's Retry-After so every worker waits, not only the one that got it.
 """
@@ -106,7 +107,7 @@ class SharedRateLimiter:
         self._redis = redis_client
         self._script = redis_client.register_script(_SCRIPT) if redis_client is not None else None
         self._sleep = sleep
-        self._local = _LocalWindows()
+        self._local = _PROCESS_WINDOWS
         self.waited = 0.0  # seconds spent blocked, for benchmarks and logs
 
     @staticmethod
@@ -179,3 +180,8 @@ class _LocalWindows:
     def pause(self, account: str, operation: str, seconds: float) -> None:
         with self._lock:
             self._paused[(account, operation)] = time.monotonic() + seconds
+
+
+#: The in-memory budgets of this process, shared by every limiter without Redis: the worker threads each build
+#: their own adapter and limiter (``AdapterCache`` is per thread), and must still share one account's budget.
+_PROCESS_WINDOWS = _LocalWindows()
