@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from ..outbox import Topic
 from ..store import Database, EspConnection, OutboxRow, SyncItem, SyncItemStatus, SyncKind, utcnow
@@ -66,11 +66,27 @@ def add(
 
 
 def claim_due(db: Database, send: SendBatch, *, limit: int = CLAIM_LIMIT) -> int:
-    """Mark due pending items enqueued and send them as batches; returns the number of items sent."""
+    """Mark due pending items enqueued and send them as batches; returns the number of items sent.
+
+    A coalescing item waits while an earlier item of the same subject is enqueued: that job loaded the older
+    state and may still be sending it, so sending the newer state beside it could let the older one reach the
+    ESP last (a stale profile, a withdrawn subscription restored). It goes once the earlier one is settled.
+    """
     now = utcnow()
+    in_flight = aliased(SyncItem)
     query = (
         sa.select(SyncItem.id, SyncItem.store_id, SyncItem.esp, SyncItem.kind)
         .where(SyncItem.status == SyncItemStatus.PENDING, SyncItem.available_at <= now)
+        .where(
+            ~sa.exists().where(
+                SyncItem.kind.in_(COALESCING_KINDS),
+                in_flight.store_id == SyncItem.store_id,
+                in_flight.esp == SyncItem.esp,
+                in_flight.kind == SyncItem.kind,
+                in_flight.subject_id == SyncItem.subject_id,
+                in_flight.status == SyncItemStatus.ENQUEUED,
+            )
+        )
         .order_by(SyncItem.id)
         .limit(limit)
     )
