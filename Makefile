@@ -30,6 +30,10 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sdk.py
 
+.PHONY: bench-sync
+bench-sync: system-deps $(STAMP)
+	$(BIN)/python bench/sync_klaviyo.py
+
 system-deps:
 	scripts/install-system-deps.sh
 
