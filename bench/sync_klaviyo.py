@@ -15,6 +15,12 @@ so our limiter shortens the same windows (connector/sync/adapters.py). The store
 4. the peer: Klaviyo's official SDK (``klaviyo-api``) sending a labelled subset of the same profiles and events
    in a straightforward loop with its own retries (bench/_sync_peer.py), measured the same way.
 
+The default time scale is 0.5 (every window twice as long as Klaviyo's): measured on this 2-core machine, one
+1,000-event bulk request costs ~0.35 s of the sandbox's CPU and ~0.14 s of the sync's, one after the other,
+so at S = 1 the events phase is bound by that CPU (~2 requests/s against a ceiling of 2.7), not by the
+limits; at 0.5 the limits bind it (bench/README.md has both runs). ``--profile-sync`` runs the sync under
+cProfile and prints where its time goes.
+
 Nothing is asserted; a table is printed and the figures are written to ``bench/results/sync-<run id>.json``.
 
     .venv/bin/python bench/sync_klaviyo.py [--quick] [--contacts N] [--events N] [--time-scale S]
@@ -65,6 +71,8 @@ from _sync_ceiling import OperationCeiling, operation_ceilings, phase_seconds
 from _sync_data import LoadStats, load, psycopg_url
 
 API_KEY = "pk_bench_sync"
+#: Warning lines each process logged (name -> lines), reported with the figures.
+WARNINGS: dict[str, list[str]] = {}
 DEFAULT_TIME_SCALE = 0.5
 SAMPLE_INTERVAL = 0.25
 #: Operations of each phase of a full sync (connector/sync/full.py: contacts pages, then events pages).
@@ -112,6 +120,9 @@ class Requests:
     throttled_after_first_window: int = 0
     first: str | None = None
     last: str | None = None
+    #: Each 429: the operation, its position among that operation's requests, its time, and the time of the
+    #: request that opened the steady window it fell in (the ``steady``-th accepted request before it).
+    throttled_detail: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -279,6 +290,10 @@ def run_sync(
         raise BenchError(f"{name} still running after {timeout:.0f} s\n{tail(err)}") from None
     wall = time.monotonic() - started
     procs.stop(proc)
+    warnings = [line for line in err.read_text(errors="replace").splitlines() if " WARNING " in line or "Error" in line]
+    if warnings:
+        print(f"  {name} logged {len(warnings)} warning(s); the first: {warnings[0][:300]}", flush=True)
+    WARNINGS[name] = warnings[:50]
     text = out.read_text()
     try:
         return json.loads(text), wall
@@ -300,19 +315,31 @@ def read_requests(url: str, operations: Sequence[str], time_scale: float) -> Req
     """Statuses per operation from the sandbox's request log (fetched one operation at a time: the log keeps
     every body, so the bulk operations' pages are large), and the 429s after each operation's first steady
     window (the log's times have one-second resolution, so that window is taken one second longer)."""
+    from connector.esp.klaviyo import RATE_LIMITS
+
     result = Requests()
     window = dt.timedelta(seconds=60.0 / time_scale + 1.0)
     for operation in operations:
         entries = sandbox_get(url, f"/_sandbox/requests?operation={operation}")["requests"]
         statuses: dict[str, int] = {}
         first_at: dt.datetime | None = None
-        for entry in entries:
+        accepted_at: list[str] = []
+        steady = RATE_LIMITS.get(operation, (0, 0))[1]
+        for index, entry in enumerate(entries):
             status = str(entry["status"])
             statuses[status] = statuses.get(status, 0) + 1
             at = dt.datetime.fromisoformat(entry["time"])
             first_at = first_at or at
-            if status == "429" and at > first_at + window:
-                result.throttled_after_first_window += 1
+            if status == "429":
+                if at > first_at + window:
+                    result.throttled_after_first_window += 1
+                opened = accepted_at[-steady] if steady and len(accepted_at) >= steady else None
+                gap = None if opened is None else (at - dt.datetime.fromisoformat(opened)).total_seconds()
+                result.throttled_detail.append(
+                    {"operation": operation, "index": index, "time": entry["time"], "window_opened": opened, "gap": gap}
+                )
+            else:
+                accepted_at.append(entry["time"])
             result.first = min(result.first or entry["time"], entry["time"])
             result.last = max(result.last or entry["time"], entry["time"])
         del entries
@@ -639,6 +666,19 @@ def cpu_table(report: Report) -> list[str]:
     return out
 
 
+def throttle_lines(requests: Requests, time_scale: float) -> list[str]:
+    """Each 429 with the steady window it fell in, as the sandbox's clock saw it (one-second resolution)."""
+    window = 60.0 / time_scale
+    return [
+        f"  429 on {d['operation']} request #{d['index'] + 1} at {d['time']}: the window it fell in was opened by "
+        f"the request at {d['window_opened']}, {d['gap']:.0f} s earlier on the sandbox's clock (window {window:g} s; "
+        f"our limiter spaces them >= {window * 1.02:g} s apart when it grants them)"
+        if d["gap"] is not None
+        else f"  429 on {d['operation']} request #{d['index'] + 1} at {d['time']}"
+        for d in requests.throttled_detail
+    ]
+
+
 def per_request(report: Report) -> list[str]:
     """Where the time of one bulk_create_events request goes (the sync sends them one at a time)."""
     cpu, seconds = report.phase_cpu.get("events"), report.phases.get("events")
@@ -673,8 +713,12 @@ def render(report: Report) -> str:
     out = [
         f"### sync_klaviyo {plan.run_id}: {plan.contacts:,} contacts, {plan.events:,} events, time scale "
         f"{plan.time_scale:g} (every window / {plan.time_scale:g}), PostgreSQL + Redis limiter",
-        f"code {report.code_start}"
-        + ("" if report.code_end in (None, report.code_start) else f" (CHANGED during the run: {report.code_end})"),
+        f"code {report.code_start} (HEAD + digest of {', '.join(MEASURED_CODE)})"
+        + (
+            ""
+            if report.code_end is None or report.code_end.split("+")[1] == report.code_start.split("+")[1]
+            else f" (CHANGED during the run: {report.code_end}; rerun)"
+        ),
     ]
     if report.load is not None:
         ls = report.load
@@ -700,6 +744,7 @@ def render(report: Report) -> str:
             "",
             f"429s: {report.requests.throttled} in all, {report.requests.throttled_after_first_window} after each "
             "operation's first steady window",
+            *throttle_lines(report.requests, report.plan.time_scale),
         ]
         if report.cpu_other is not None:
             out.append(
@@ -737,6 +782,8 @@ def render(report: Report) -> str:
             f"{report.peer_requests.throttled_after_first_window} after each operation's first steady window",
         ]
     out += ["", LEGEND]
+    for name, lines in WARNINGS.items():
+        out += ["", f"{name} logged {len(lines)} warning line(s):", *(f"  {line[:300]}" for line in lines[:10])]
     if report.profile_top:
         out += ["", "cProfile of the sync process (--profile-sync):", *report.profile_top]
     if report.notes:
@@ -772,6 +819,7 @@ def to_json(report: Report, command: Sequence[str], outcome: str) -> dict[str, A
         "peer_lines": [{**asdict(line), "share_of_ceiling": line.share} for line in peer],
         "peer_operations": [asdict(c) for c in peer_ceilings],
         "peer_requests": None if report.peer_requests is None else asdict(report.peer_requests),
+        "warnings": WARNINGS,
         "profile": report.profile_top,
         "notes": report.notes,
     }
