@@ -6,10 +6,7 @@ changes nothing, and ``espbridge esp poll`` then finds every event already recor
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,11 +21,11 @@ from connector.sandbox import DEFAULT_API_KEY
 from connector.store import ConsentLedgerEntry, Contact, Database, Engagement, EspLink
 from connector.tenancy import NewStore
 from tests.conftest import basic_auth
-from tests.services import free_port
 from web.cli import main
 
 from .conftest import Launcher
 from .processes import ServiceProcess, wait_until
+from .sandbox_support import running_sandbox
 
 pytestmark = pytest.mark.slow
 
@@ -46,22 +43,10 @@ def env(service_env: dict[str, str], credentials_key: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def sandbox_process(tmp_path: Path, env: dict[str, str]) -> Iterator[ServiceProcess]:
-    port = free_port()
-    argv = [sys.executable, "-m", "web.cli", "sandbox", "--port", str(port)]
-    process = ServiceProcess("sandbox", argv, env, tmp_path / "sandbox.log", port=port).start()
-    deadline = time.monotonic() + 20
-    with httpx.Client(base_url=process.url, timeout=2.0) as http:
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if http.get("/_sandbox/").status_code == 200:
-                    break
-            if not process.alive() or time.monotonic() > deadline:
-                process.stop()
-                pytest.fail(process.failure("the sandbox did not answer /_sandbox/ within 20 s"))
-            time.sleep(0.1)
-    yield process
-    assert process.stop() == 0, process.failure("did not exit cleanly on SIGTERM")
+def sandbox_process(tmp_path: Path) -> Iterator[ServiceProcess]:
+    with running_sandbox(tmp_path, api_key=DEFAULT_API_KEY) as process:
+        yield process
+        assert process.stop() == 0, process.failure("did not exit cleanly on SIGTERM")
 
 
 def cli(env: dict[str, str], *args: str) -> Any:

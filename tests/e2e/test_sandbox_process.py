@@ -4,41 +4,23 @@ The SDK deserialises every 2xx body into its pydantic response models, so a wron
 
 from __future__ import annotations
 
-import contextlib
-import os
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.services import free_port
-
 from .processes import HOST, ServiceProcess
+from .sandbox_support import running_sandbox
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def sandbox_process(tmp_path: Path) -> Iterator[ServiceProcess]:
-    port = free_port()
-    argv = [sys.executable, "-m", "web.cli", "sandbox", "--port", str(port), "--api-key", "pk_e2e"]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ESPBRIDGE_")} | {"PYTHONUNBUFFERED": "1"}
-    process = ServiceProcess("sandbox", argv, env, tmp_path / "sandbox.log", port=port).start()
-    deadline = time.monotonic() + 20
-    with httpx.Client(base_url=process.url, timeout=2.0) as http:
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if http.get("/_sandbox/").status_code == 200:
-                    break
-            if not process.alive() or time.monotonic() > deadline:
-                process.stop()
-                pytest.fail(process.failure("the sandbox did not answer /_sandbox/ within 20 s"))
-            time.sleep(0.1)
-    yield process
-    assert process.stop() == 0, process.failure("did not exit cleanly on SIGTERM")
+    with running_sandbox(tmp_path, api_key="pk_e2e") as process:
+        yield process
+        assert process.stop() == 0, process.failure("did not exit cleanly on SIGTERM")
 
 
 def test_official_klaviyo_sdk_against_the_sandbox_process(sandbox_process: ServiceProcess) -> None:
