@@ -181,9 +181,11 @@ class FullSync:
             if not contacts:
                 return False
             ids = [c.id for c in contacts]
-            consents = records.consent_states(session, run.store_id, ids)
             consent_rows = records.consent_rows(session, run.store_id, ids)
             known = records.links(session, run.store_id, run.esp, ids)
+        consents: dict[int, dict[str, str]] = {}
+        for row in consent_rows:
+            consents.setdefault(row.contact_id, {})[row.channel] = row.status
         fingerprints: dict[int, str] = {}
         skipped = 0
         for contact in contacts:
@@ -219,18 +221,18 @@ class FullSync:
                 self._with_retries(lambda: self.adapter.set_consent(consent_changes)) if consent_changes else Outcome()
             )
             requests = profile_outcome.requests + consent_outcome.requests
-            refused = {i: reason for i, reason in profile_outcome.rejected.items()}
+            # by contact id: a contact is refused if its profile or one of its consents was
+            refused = {changed[i].id: reason for i, reason in profile_outcome.rejected.items()}
             failed_contacts = {changed[i].id for i in profile_outcome.failed}
             for index, change in enumerate(consent_changes):
                 if index in consent_outcome.rejected:
-                    position = changed.index(change.contact)
-                    refused.setdefault(position, consent_outcome.rejected[index])
+                    refused.setdefault(change.contact.id, consent_outcome.rejected[index])
                 elif index in consent_outcome.failed:
                     failed_contacts.add(change.contact.id)
             for index, contact in enumerate(changed):
-                if index in refused:
+                if contact.id in refused:
                     counts["rejected"] += 1
-                    rejections.append({"contact_id": contact.id, "reason": refused[index][:500]})
+                    rejections.append({"contact_id": contact.id, "reason": refused[contact.id][:500]})
                 elif contact.id in failed_contacts:
                     counts["failed"] += 1
                 elif index in profile_outcome.skipped:
