@@ -24,6 +24,7 @@ import sqlalchemy as sa
 
 from ..ingest.accept import pending_projection
 from ..store import Database, OutboxRow, OutboxStatus, utcnow
+from ..store.claims import claim
 from ..sync import queue
 from .tasks import Jobs
 
@@ -66,20 +67,10 @@ def sweep_stalled(db: Database, send: Callable[[int], object], *, visibility_tim
 
 
 def _claim_and_send(db: Database, query: sa.Select[int], now: dt.datetime, send: Callable[[int], object]) -> int:
-    if db.dialect == "postgresql":
-        query = query.with_for_update(skip_locked=True)
-    with db.writer() as session:
-        ids = list(session.scalars(query))
-        if ids:
-            session.execute(
-                sa.update(OutboxRow)
-                .where(OutboxRow.id.in_(ids))
-                .values(status=OutboxStatus.ENQUEUED, enqueued_at=now)
-                .execution_options(synchronize_session=False)
-            )
-    for row_id in ids:
+    rows = claim(db, OutboxRow, query, now)
+    for (row_id,) in rows:
         send(row_id)
-    return len(ids)
+    return len(rows)
 
 
 class Relay:

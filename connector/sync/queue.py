@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, aliased
 
 from ..outbox import Topic
 from ..store import Database, EspConnection, OutboxRow, SyncItem, SyncItemStatus, SyncKind, utcnow
+from ..store.claims import claim
 
 TOPIC_KINDS = {
     Topic.CONTACT_UPSERT: SyncKind.PROFILE,
@@ -109,18 +110,8 @@ def sweep_stalled(db: Database, send: SendBatch, *, visibility_timeout: float) -
 
 
 def _claim_and_send(db: Database, query: sa.Select[int, int, str, str], now: dt.datetime, send: SendBatch) -> int:
-    if db.dialect == "postgresql":
-        query = query.with_for_update(skip_locked=True)
+    rows = claim(db, SyncItem, query, now)
     groups: defaultdict[tuple[int, str, str], list[int]] = defaultdict(list)
-    with db.writer() as session:
-        rows = session.execute(query).all()
-        if rows:
-            session.execute(
-                sa.update(SyncItem)
-                .where(SyncItem.id.in_([r.id for r in rows]))
-                .values(status=SyncItemStatus.ENQUEUED, enqueued_at=now)
-                .execution_options(synchronize_session=False)
-            )
     for row in rows:
         groups[(row.store_id, row.esp, row.kind)].append(row.id)
     for (store_id, esp, kind), ids in groups.items():
