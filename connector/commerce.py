@@ -177,8 +177,35 @@ def order_status(session: Session, store_id: int, props: OrderRefProperties, sta
     return True
 
 
+#: Carts that can still change or convert; an abandoned cart comes back to "open" when its shopper returns to it.
+LIVE_CART_STATUSES = ("open", "checkout", "abandoned")
+
+
+def mark_abandoned(session: Session, now: dt.datetime, inactive_for: dt.timedelta, *, limit: int = 1000) -> int:
+    """Mark carts abandoned, in every store: a known shopper, at least one line, no activity for ``inactive_for``,
+    not converted. Each gets a ``cart.abandoned`` outbox row (ESPs with cart automations get the cart). Returns
+    how many were marked; the caller runs it again while it returns ``limit``."""
+    has_lines = sa.exists().where(CartItem.store_id == Cart.store_id, CartItem.cart_ref == Cart.id)
+    carts = session.scalars(
+        sa.select(Cart)
+        .where(
+            Cart.status.in_(["open", "checkout"]),
+            Cart.contact_id.is_not(None),
+            Cart.last_activity_at < now - inactive_for,
+            has_lines,
+        )
+        .order_by(Cart.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for cart in carts:
+        cart.status = "abandoned"
+        outbox.add(session, cart.store_id, outbox.Topic.CART_ABANDONED, cart.id)
+    return len(carts)
+
+
 def _cart_for(session: Session, store_id: int, contact: Contact | None, cart_id: str | None, at: dt.datetime) -> Cart:
-    query = sa.select(Cart).where(Cart.store_id == store_id, Cart.status.in_(["open", "checkout"]))
+    query = sa.select(Cart).where(Cart.store_id == store_id, Cart.status.in_(LIVE_CART_STATUSES))
     if cart_id is not None:
         cart = session.scalar(query.where(Cart.cart_id == cart_id).order_by(Cart.id.desc()).limit(1))
     elif contact is not None:
@@ -195,8 +222,11 @@ def _cart_for(session: Session, store_id: int, contact: Contact | None, cart_id:
         )
         session.add(cart)
         session.flush()
-    elif cart.contact_id is None and contact is not None:
-        cart.contact_id = contact.id
+    else:
+        if cart.contact_id is None and contact is not None:
+            cart.contact_id = contact.id
+        if cart.status == "abandoned":
+            cart.status = "open"  # the shopper is back; it is abandoned again if they leave again
     return cart
 
 
@@ -245,7 +275,7 @@ def _convert_cart(
     if session.scalar(converted) is not None:
         return  # a resent Order Completed: its cart is converted, and a cart opened since is another one
     cart_id = props.cart_id or props.checkout_id
-    query = sa.select(Cart).where(Cart.store_id == store_id, Cart.status.in_(["open", "checkout"]))
+    query = sa.select(Cart).where(Cart.store_id == store_id, Cart.status.in_(LIVE_CART_STATUSES))
     if cart_id is not None:
         cart = session.scalar(query.where(Cart.cart_id == cart_id).order_by(Cart.id.desc()).limit(1))
     else:

@@ -19,12 +19,13 @@ class Topic:
     EVENT_TRACKED = "event.tracked"
     ORDER_CHANGED = "order.changed"
     CART_CHANGED = "cart.changed"
+    CART_ABANDONED = "cart.abandoned"
     WAITLIST_CHANGED = "waitlist.changed"
     CATALOG_RESTOCKED = "catalog.restocked"
 
 
 #: Topics whose pending rows coalesce: the job sends the subject's current state, so one pending row is enough.
-COALESCING_TOPICS = frozenset({Topic.CONTACT_UPSERT, Topic.CART_CHANGED, Topic.ORDER_CHANGED})
+COALESCING_TOPICS = frozenset({Topic.CONTACT_UPSERT, Topic.CART_CHANGED, Topic.CART_ABANDONED, Topic.ORDER_CHANGED})
 
 
 def add(

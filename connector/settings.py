@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     retry_max_age: float = Field(
         86400.0, gt=0, description="Seconds after which a delivery that keeps failing is marked dead (24 h)."
     )
+    cart_abandon_after: float = Field(
+        3600.0, gt=0, description="Seconds without activity after which a shopper's cart counts as abandoned."
+    )
     projection_batch_size: int = Field(
         100, ge=1, description="Raw events projected per transaction (bounds how long SQLite's write lock is held)."
     )

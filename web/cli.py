@@ -241,8 +241,13 @@ def esp_keygen() -> None:
     "setting_pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="A connection setting (repeatable; VALUE is JSON, or else text; null removes it): list_id, mapping, "
-    "timeout, rate_limit_scale. Settings not given are kept.",
+    help="A connection setting (repeatable; VALUE is JSON, or else text; null removes it). Klaviyo: list_id, "
+    "mapping; ActiveCampaign: see README; both: timeout, rate_limit_scale. Settings not given are kept.",
+)
+@click.option(
+    "--event-key",
+    envvar="ESPBRIDGE_ESP_EVENT_KEY",
+    help="ActiveCampaign only: the event-tracking key (Settings → Tracking → Event Tracking), stored encrypted.",
 )
 @click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -254,10 +259,13 @@ def esp_connect(
     base_url: str | None,
     webhook_secret: str | None,
     setting_pairs: tuple[str, ...],
+    event_key: str | None,
     store_id: int | None,
     as_json: bool,
 ) -> None:
     """Connect a store to an ESP account, replacing an earlier connection to the same ESP."""
+    if event_key is not None and esp_name != "activecampaign":
+        raise click.BadParameter("only ActiveCampaign has an event key", param_hint="--event-key")
     db = connect(ctx.settings.database_url)
     try:
         cipher = CredentialCipher(ctx.settings.credentials_key)
@@ -275,6 +283,7 @@ def esp_connect(
                 base_url=base_url,
                 webhook_secret=webhook_secret,
                 settings=settings,
+                secrets=None if event_key is None else {"event_key": event_key},
             )
             url = row.base_url
     except EspbridgeError as exc:

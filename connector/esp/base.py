@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..store import Contact, Event
+from ..store import Cart, CartItem, Contact, Event
 from .errors import EspError
 
 
@@ -35,6 +35,16 @@ class ConsentChange:
 @dataclass(frozen=True)
 class TrackedEvent:
     event: Event
+    contact: Contact
+
+
+@dataclass(frozen=True)
+class AbandonedCart:
+    """A cart the store decided is abandoned (inactive, not converted), with its lines, for ESPs that run their
+    own abandoned-cart automations on cart data (ActiveCampaign's Deep Data)."""
+
+    cart: Cart
+    items: tuple[CartItem, ...]
     contact: Contact
 
 
@@ -66,8 +76,14 @@ class EspAdapter(Protocol):
         take this contact at all (no identifier it accepts, such as an anonymous visitor)."""
         ...
 
-    def upsert_profiles(self, contacts: Sequence[Contact], *, bulk: bool) -> Outcome:
-        """Create or update profiles; ``bulk`` for large batches (full syncs), else one request per profile."""
+    def upsert_profiles(
+        self, contacts: Sequence[Contact], *, bulk: bool, consents: Sequence[ConsentChange] = ()
+    ) -> Outcome:
+        """Create or update profiles; ``bulk`` for large batches (full syncs), else one request per profile.
+
+        ``consents`` (full syncs): the consent of these contacts, collected before the ESP was connected, to be
+        set with them, in the same import where the ESP allows it. An index is done only when its profile and
+        each of its consents took effect; a consent the ESP refuses makes its contact rejected."""
         ...
 
     def send_events(self, events: Sequence[TrackedEvent], *, backfill: bool = False) -> Outcome:
@@ -76,6 +92,14 @@ class EspAdapter(Protocol):
 
     def set_consent(self, changes: Sequence[ConsentChange]) -> Outcome:
         """Make the ESP's subscription state match ours: subscribe, unsubscribe, or suppress."""
+        ...
+
+    def send_carts(self, carts: Sequence[AbandonedCart]) -> Outcome:
+        """Hand abandoned carts to the ESP's own cart automations (skipped where the ESP has none)."""
+        ...
+
+    def erase(self, contacts: Sequence[Contact]) -> Outcome:
+        """Ask the ESP to delete these people and their data (the right to erasure)."""
         ...
 
     def close(self) -> None: ...

@@ -15,8 +15,9 @@ from ..errors import InvalidInput, NotFound
 from ..store import EspConnection
 from ..store.base import utcnow
 
-#: The ESPs espbridge has adapters for, and the base URL of each one's real API.
-DEFAULT_BASE_URLS = {"klaviyo": "https://a.klaviyo.com"}
+#: The ESPs espbridge has adapters for, and the base URL of each one's real API. ActiveCampaign has none: each
+#: account has its own (``https://<account>.api-us1.com``, from Settings → Developer), so it must be given.
+DEFAULT_BASE_URLS: dict[str, str | None] = {"klaviyo": "https://a.klaviyo.com", "activecampaign": None}
 #: Shortest webhook signing secret accepted (an HMAC key: short ones are guessable).
 MIN_WEBHOOK_SECRET = 16
 
@@ -25,7 +26,8 @@ MIN_WEBHOOK_SECRET = 16
 class Connection:
     """A connection with its credentials decrypted; the API key stays a SecretStr (never printed).
 
-    ``webhook_secret`` signs the ESP's webhooks to this store (None: webhooks are not set up).
+    ``webhook_secret`` signs the ESP's webhooks to this store (None: webhooks are not set up). ``secrets``: the
+    ESP's other credentials by name (ActiveCampaign's event-tracking ``event_key``), stored encrypted likewise.
     """
 
     store_id: int
@@ -34,6 +36,7 @@ class Connection:
     api_key: SecretStr
     settings: dict[str, Any] = field(default_factory=dict)
     webhook_secret: SecretStr | None = None
+    secrets: dict[str, SecretStr] = field(default_factory=dict)
 
 
 def connect(
@@ -46,17 +49,21 @@ def connect(
     base_url: str | None = None,
     settings: dict[str, Any] | None = None,
     webhook_secret: str | None = None,
+    secrets: dict[str, str] | None = None,
 ) -> EspConnection:
     """Create or replace the store's connection to ``esp``.
 
     ``webhook_secret``: the key the ESP signs its webhooks with, stored encrypted with the API key. None keeps the
-    connection's current secret (a new API key does not break webhooks); "" removes it.
+    connection's current secret (a new API key does not break webhooks); "" removes it. ``secrets``: other
+    credentials by name (None keeps the current ones).
     """
     if esp not in DEFAULT_BASE_URLS:
         raise InvalidInput("esp", f"must be one of {', '.join(sorted(DEFAULT_BASE_URLS))}")
     if not api_key.strip():
         raise InvalidInput("api_key", "required")
-    url = (base_url or DEFAULT_BASE_URLS[esp]).rstrip("/")
+    url = (base_url or DEFAULT_BASE_URLS[esp] or "").rstrip("/")
+    if not url:
+        raise InvalidInput("base_url", f"required for {esp}: the account's own API URL")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InvalidInput("base_url", f"must be an http(s) URL, not {url!r}")
@@ -64,9 +71,17 @@ def connect(
     if row is None:
         row = EspConnection(store_id=store_id, esp=esp)
         session.add(row)
-    secret = _kept_webhook_secret(row, cipher) if webhook_secret is None else _checked_secret(webhook_secret)
+    kept = _kept_credentials(row, cipher)
+    secret = kept.get("webhook_secret") if webhook_secret is None else _checked_secret(webhook_secret)
+    others = kept.get("secrets", {}) if secrets is None else {k: v.strip() for k, v in secrets.items() if v.strip()}
     row.base_url = url
-    row.credentials = cipher.encrypt({"api_key": api_key.strip(), **({"webhook_secret": secret} if secret else {})})
+    row.credentials = cipher.encrypt(
+        {
+            "api_key": api_key.strip(),
+            **({"webhook_secret": secret} if secret else {}),
+            **({"secrets": others} if others else {}),
+        }
+    )
     if settings is not None:
         row.settings = settings
     row.updated_at = utcnow()
@@ -87,6 +102,7 @@ def load(session: Session, cipher: CredentialCipher, store_id: int, esp: str) ->
         SecretStr(credentials["api_key"]),
         dict(row.settings),
         SecretStr(secret) if secret else None,
+        {name: SecretStr(value) for name, value in credentials.get("secrets", {}).items()},
     )
 
 
@@ -108,14 +124,14 @@ def _checked_secret(secret: str) -> str:
     return secret
 
 
-def _kept_webhook_secret(row: EspConnection, cipher: CredentialCipher) -> str | None:
+def _kept_credentials(row: EspConnection, cipher: CredentialCipher) -> dict[str, Any]:
+    """The connection's current credentials (to keep its secrets when only the API key changes)."""
     if not row.credentials:
-        return None
+        return {}
     try:
-        secret = cipher.decrypt(row.credentials).get("webhook_secret")
+        return cipher.decrypt(row.credentials)
     except CredentialsUnavailable:
-        return None  # the old credentials cannot be read any more: nothing to keep
-    return secret if isinstance(secret, str) else None
+        return {}  # the old credentials cannot be read any more: nothing to keep
 
 
 def connections(session: Session, store_id: int) -> list[EspConnection]:

@@ -8,6 +8,7 @@ back a thousand good ones. Bulk profile imports are asynchronous at Klaviyo: the
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
@@ -15,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import InvalidInput
 from ..store import Contact
-from .base import ConsentChange, Outcome, TrackedEvent
+from .base import AbandonedCart, ConsentChange, Outcome, TrackedEvent
 from .errors import Accepted, EspError, Permanent, RateLimited, Rejected, Transient
 from .klaviyo import ConsentUpdate, KlaviyoClient, KlaviyoEvent, KlaviyoProfile, ProfileMapping, plan_consent
 
@@ -66,7 +67,36 @@ class KlaviyoAdapter:
 
     # profiles
 
-    def upsert_profiles(self, contacts: Sequence[Contact], *, bulk: bool) -> Outcome:
+    def upsert_profiles(
+        self, contacts: Sequence[Contact], *, bulk: bool, consents: Sequence[ConsentChange] = ()
+    ) -> Outcome:
+        outcome = self._upsert_profiles(contacts, bulk=bulk)
+        if consents:
+            self._import_consents(contacts, consents, outcome)
+        return outcome
+
+    def _import_consents(
+        self, contacts: Sequence[Contact], consents: Sequence[ConsentChange], outcome: Outcome
+    ) -> None:
+        """Klaviyo takes consent in separate calls: once the profiles are in, the consents of those that went in
+        are sent as historical imports; a refused or failed consent makes its contact refused or failed."""
+        index_of = {contact.id: index for index, contact in enumerate(contacts)}
+        settled = outcome.rejected.keys() | outcome.skipped.keys() | outcome.failed
+        changes = [c for c in consents if c.contact.id in index_of and index_of[c.contact.id] not in settled]
+        if not changes:
+            return
+        consent = self.set_consent([dataclasses.replace(c, imported=True) for c in changes])
+        outcome.requests += consent.requests
+        for position, change in enumerate(changes):
+            index = index_of[change.contact.id]
+            if position in consent.rejected:
+                outcome.remote_ids.pop(index, None)
+                outcome.rejected.setdefault(index, consent.rejected[position])
+            elif position in consent.failed and consent.error is not None:
+                outcome.remote_ids.pop(index, None)
+                outcome.fail([index], consent.error)
+
+    def _upsert_profiles(self, contacts: Sequence[Contact], *, bulk: bool) -> Outcome:
         outcome = Outcome()
         profiles: dict[int, KlaviyoProfile] = {}
         for index, contact in enumerate(contacts):
@@ -203,6 +233,36 @@ class KlaviyoAdapter:
         for key in ("suppress", "unsubscribe", "historical", "subscribe"):
             if groups[key]:
                 self._send_resilient(groups[key], calls[key], outcome)
+        return outcome
+
+    # carts and erasure
+
+    def send_carts(self, carts: Sequence[AbandonedCart]) -> Outcome:
+        # Klaviyo's abandoned-cart flows trigger on the "Checkout Started" events, which are already sent.
+        return Outcome(skipped=dict.fromkeys(range(len(carts)), "Klaviyo runs abandoned carts from checkout events"))
+
+    def erase(self, contacts: Sequence[Contact]) -> Outcome:
+        """One data-privacy deletion job per person, by the first identifier Klaviyo takes."""
+        outcome = Outcome()
+        for index, contact in enumerate(contacts):
+            try:
+                person = self.mapping.identifiers(contact)
+            except InvalidInput as exc:
+                outcome.skipped[index] = f"no identifier Klaviyo accepts ({exc})"
+                continue
+            if not person.email and not person.phone_number:
+                outcome.skipped[index] = "Klaviyo deletes by email or phone only"
+                continue
+            outcome.requests += 1
+            try:
+                self.client.request_deletion(
+                    email=person.email, phone_number=None if person.email else person.phone_number
+                )
+            except Rejected as error:
+                outcome.rejected[index] = error.message
+            except EspError as error:
+                self._failed(outcome, [i for i in range(index, len(contacts)) if i not in outcome.skipped], error)
+                break
         return outcome
 
     # plumbing

@@ -7,7 +7,8 @@ Each tick (every ``relay_interval`` seconds):
 2. re-sends rows ``enqueued`` longer than ``outbox_visibility_timeout`` ago (a lost message, a flushed
    Redis, a worker killed mid-job). Delivery is idempotent, so a rare second send is harmless.
 3. does steps 1 and 2 for sync items (connector.sync.queue), sent in batches per store, ESP and kind;
-4. sends a projection job for every store with unprojected events, so events acknowledged while no job
+4. marks carts abandoned (no activity for ``cart_abandon_after``; connector.commerce.mark_abandoned);
+5. sends a projection job for every store with unprojected events, so events acknowledged while no job
    reached the broker are still projected.
 Several relays (one per worker process) may run at once; the claims keep them from sending a row twice.
 """
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from ..commerce import mark_abandoned
 from ..ingest.accept import pending_projection
 from ..store import Database, OutboxRow, OutboxStatus, utcnow
 from ..store.claims import claim
@@ -39,6 +41,7 @@ class TickReport:
     swept: int
     projection_kicks: int
     sync_items: int = 0
+    carts_abandoned: int = 0
 
 
 def enqueue_due(db: Database, send: Callable[[int], object], *, limit: int = CLAIM_LIMIT) -> int:
@@ -92,10 +95,18 @@ class Relay:
         sync_items += queue.sweep_stalled(
             jobs.db, send_batch, visibility_timeout=jobs.settings.outbox_visibility_timeout
         )
+        with jobs.db.writer() as session:
+            abandoned = mark_abandoned(session, utcnow(), dt.timedelta(seconds=jobs.settings.cart_abandon_after))
         stores = pending_projection(jobs.db)
         for store_id in stores:
             jobs.project_events.send(store_id)
-        return TickReport(enqueued=enqueued, swept=swept, projection_kicks=len(stores), sync_items=sync_items)
+        return TickReport(
+            enqueued=enqueued,
+            swept=swept,
+            projection_kicks=len(stores),
+            sync_items=sync_items,
+            carts_abandoned=abandoned,
+        )
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="espbridge-relay", daemon=True)

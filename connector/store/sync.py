@@ -20,6 +20,7 @@ class SyncKind(enum.StrEnum):
     PROFILE = "profile"  # subject: contact id; coalesces (the current state is sent)
     CONSENT = "consent"  # subject: "<contact id>:<channel>"; coalesces
     EVENT = "event"  # subject: event id; never coalesces (each event is sent once, unique_id = messageId)
+    CART = "cart"  # subject: cart row id, when the cart is abandoned; coalesces
 
 
 class SyncItemStatus(enum.StrEnum):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,27 +19,30 @@ from ..esp.base import EspAdapter
 from ..esp.connections import Connection
 from ..esp.klaviyo import RATE_LIMITS, KlaviyoClient, ProfileMapping
 from ..esp.klaviyo_adapter import KlaviyoAdapter
-from ..store import EspConnection
+from ..store import EspConnection, SyncKind
 from .ratelimit import SharedRateLimiter, Window, account_key
 
-#: Connection settings an adapter reads (``espbridge esp connect … --setting``), with their meaning.
-SETTINGS_KEYS = {
-    "mapping": "Klaviyo field mapping (ProfileMapping.from_config)",
-    "list_id": "the Klaviyo list subscriptions are made to",
+#: Settings every adapter reads (``espbridge esp connect … --setting``), with their meaning.
+COMMON_SETTINGS = {
     "rate_limit_scale": "divides the documented rate-limit windows; only for the sandbox's --time-scale",
     "timeout": "HTTP timeout in seconds",
 }
 
+KLAVIYO_SETTINGS = {
+    **COMMON_SETTINGS,
+    "mapping": "Klaviyo field mapping (ProfileMapping.from_config)",
+    "list_id": "the Klaviyo list subscriptions are made to",
+}
 
-def check_settings(esp: str, settings: dict[str, Any]) -> None:
-    """Refuse connection settings an adapter could not be built from (``InvalidInput`` naming the key)."""
-    unknown = set(settings) - set(SETTINGS_KEYS)
-    if unknown:
-        raise InvalidInput("setting", f"unknown {sorted(unknown)}; known: {', '.join(sorted(SETTINGS_KEYS))}")
+
+def _check_common(settings: dict[str, Any]) -> None:
     for key in ("rate_limit_scale", "timeout"):
         value = settings.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value <= 0):
             raise InvalidInput(f"setting.{key}", "must be a positive number")
+
+
+def _check_klaviyo(settings: dict[str, Any]) -> None:
     list_id = settings.get("list_id")
     if list_id is not None and (not isinstance(list_id, str) or not list_id):
         raise InvalidInput("setting.list_id", "must be a Klaviyo list id")
@@ -62,11 +66,8 @@ class AdapterOptions:
     transport: httpx.BaseTransport | None = None
 
 
-def build_adapter(connection: Connection, options: AdapterOptions) -> EspAdapter:
+def _build_klaviyo(connection: Connection, options: AdapterOptions) -> EspAdapter:
     settings = connection.settings
-    if connection.esp != "klaviyo":
-        raise InvalidInput("esp", f"no adapter for {connection.esp!r}")
-    check_settings(connection.esp, settings)
     scale = float(settings.get("rate_limit_scale", 1.0))
     api_key = connection.api_key.get_secret_value()
     limiter = SharedRateLimiter(
@@ -91,6 +92,53 @@ def build_adapter(connection: Connection, options: AdapterOptions) -> EspAdapter
         poll_interval=min(1.0, 1.0 / scale) if scale > 0 else 1.0,
         pause=limiter.pause,
     )
+
+
+@dataclass(frozen=True)
+class EspSpec:
+    """What the sync engine needs to know of one ESP: its settings, how to build its adapter, and how many sync
+    items of each kind one job takes (about one bulk request's worth, or a few seconds of the account's budget)."""
+
+    settings: Mapping[str, str]
+    check: Callable[[dict[str, Any]], None]
+    build: Callable[[Connection, AdapterOptions], EspAdapter]
+    batch_sizes: Mapping[str, int]
+
+
+ESPS: dict[str, EspSpec] = {
+    "klaviyo": EspSpec(
+        KLAVIYO_SETTINGS,
+        _check_klaviyo,
+        _build_klaviyo,
+        {SyncKind.PROFILE: 500, SyncKind.CONSENT: 1000, SyncKind.EVENT: 1000, SyncKind.CART: 1000},
+    ),
+}
+
+
+def spec(esp: str) -> EspSpec:
+    try:
+        return ESPS[esp]
+    except KeyError:
+        raise InvalidInput("esp", f"no adapter for {esp!r}; known: {', '.join(sorted(ESPS))}") from None
+
+
+def check_settings(esp: str, settings: dict[str, Any]) -> None:
+    """Refuse connection settings an adapter could not be built from (``InvalidInput`` naming the key)."""
+    known = spec(esp).settings
+    unknown = set(settings) - set(known)
+    if unknown:
+        raise InvalidInput("setting", f"unknown {sorted(unknown)}; known: {', '.join(sorted(known))}")
+    _check_common(settings)
+    spec(esp).check(settings)
+
+
+def build_adapter(connection: Connection, options: AdapterOptions) -> EspAdapter:
+    check_settings(connection.esp, connection.settings)
+    return spec(connection.esp).build(connection, options)
+
+
+def batch_size(esp: str, kind: str) -> int:
+    return ESPS[esp].batch_sizes.get(kind, 100) if esp in ESPS else 100
 
 
 class AdapterCache:

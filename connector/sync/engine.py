@@ -26,10 +26,10 @@ from dramatiq.common import compute_backoff
 
 from ..credentials import CredentialsUnavailable
 from ..errors import InvalidInput, NotFound
-from ..esp.base import ConsentChange, EspAdapter, Outcome, TrackedEvent
+from ..esp.base import AbandonedCart, ConsentChange, EspAdapter, Outcome, TrackedEvent
 from ..esp.errors import EspError, RateLimited, Transient
 from ..settings import Settings
-from ..store import Database, Event, SyncItem, SyncItemStatus, SyncKind, utcnow
+from ..store import Cart, CartItem, Database, Event, SyncItem, SyncItemStatus, SyncKind, utcnow
 from . import records
 from .adapters import AdapterCache
 
@@ -112,7 +112,7 @@ class SyncEngine:
                 by_kind.setdefault(item.kind, []).append(item)
             work = [
                 (kind, self._loaders[kind](self, session, store_id, by_kind[kind], settled))
-                for kind in (SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.EVENT)
+                for kind in (SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.EVENT, SyncKind.CART)
                 if kind in by_kind
             ]
         if adapter is not None:
@@ -226,7 +226,43 @@ class SyncEngine:
 
         return send
 
-    _loaders = {SyncKind.PROFILE: _profiles, SyncKind.CONSENT: _consents, SyncKind.EVENT: _events}
+    def _carts(self, session: sa.orm.Session, store_id: int, items: list[SyncItem], settled: _Settled) -> _Send:
+        by_id = {int(item.subject_id): item for item in items}
+        carts = {c.id: c for c in session.scalars(sa.select(Cart).where(Cart.store_id == store_id, Cart.id.in_(by_id)))}
+        lines: dict[int, list[CartItem]] = {}
+        for line in session.scalars(
+            sa.select(CartItem).where(CartItem.store_id == store_id, CartItem.cart_ref.in_(carts)).order_by(CartItem.id)
+        ):
+            lines.setdefault(line.cart_ref, []).append(line)
+        contacts = records.live_contacts(session, store_id, {c.contact_id for c in carts.values() if c.contact_id})
+        abandoned: list[AbandonedCart] = []
+        cart_items: list[int] = []
+        for cart_id, item in by_id.items():
+            cart = carts.get(cart_id)
+            contact = contacts.get(cart.contact_id) if cart is not None and cart.contact_id else None
+            if cart is None or cart.status != "abandoned":
+                settled.skipped[item.id] = "the cart is no longer abandoned"
+            elif contact is None:
+                settled.skipped[item.id] = "cart has no contact"
+            else:
+                abandoned.append(AbandonedCart(cart, tuple(lines.get(cart.id, ())), contact))
+                cart_items.append(item.id)
+
+        def send(adapter: EspAdapter) -> int:
+            if not abandoned:
+                return 0
+            outcome = adapter.send_carts(abandoned)
+            settled.apply(outcome, cart_items)
+            return outcome.requests
+
+        return send
+
+    _loaders = {
+        SyncKind.PROFILE: _profiles,
+        SyncKind.CONSENT: _consents,
+        SyncKind.EVENT: _events,
+        SyncKind.CART: _carts,
+    }
 
     # writing the outcome
 

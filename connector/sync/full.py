@@ -2,9 +2,10 @@
 
 A run walks contacts by id (keyset pagination, ``page_size`` per page = one bulk import job), compares each
 contact's fingerprint with the hash stored in esp_links when it was last sent, and sends only what changed
-(``force``: everything): profiles as bulk imports, then their consent as historical imports (consents we
-collected, with their original time). Then it sends the store's events in (events_from, events_through] as
-backfill — events_from is where the previous completed run stopped, so a second run sends no event twice.
+(``force``: everything) as bulk imports, with their consent as historical imports (consents we collected, with
+their original time; in the same request where the ESP allows it). Then it sends the store's events in
+(events_from, events_through] as backfill — events_from is where the previous completed run stopped, so a second
+run sends no event twice.
 
 Progress lives in the sync_runs row, committed after every page together with the links of that page: a crash
 loses at most the page in flight, and starting again resumes the unfinished run from its cursor. A run whose
@@ -210,37 +211,28 @@ class FullSync:
             counts["created"] = len(created)
             counts["updated"] = len(changed) - len(created)
         elif changed:
-            profile_outcome = self._with_retries(lambda: self.adapter.upsert_profiles(changed, bulk=True))
             by_contact = {c.id: c for c in changed}
             consent_changes = [
                 ConsentChange(by_contact[r.contact_id], r.channel, r.status, r.occurred_at, r.action, imported=True)
                 for r in consent_rows
                 if r.contact_id in by_contact
             ]
-            consent_outcome = (
-                self._with_retries(lambda: self.adapter.set_consent(consent_changes)) if consent_changes else Outcome()
+            outcome = self._with_retries(
+                lambda: self.adapter.upsert_profiles(changed, bulk=True, consents=consent_changes)
             )
-            requests = profile_outcome.requests + consent_outcome.requests
-            # by contact id: a contact is refused if its profile or one of its consents was
-            refused = {changed[i].id: reason for i, reason in profile_outcome.rejected.items()}
-            failed_contacts = {changed[i].id for i in profile_outcome.failed}
-            for index, change in enumerate(consent_changes):
-                if index in consent_outcome.rejected:
-                    refused.setdefault(change.contact.id, consent_outcome.rejected[index])
-                elif index in consent_outcome.failed:
-                    failed_contacts.add(change.contact.id)
+            requests = outcome.requests
             for index, contact in enumerate(changed):
-                if contact.id in refused:
+                if index in outcome.rejected:
                     counts["rejected"] += 1
-                    rejections.append({"contact_id": contact.id, "reason": refused[contact.id][:500]})
-                elif contact.id in failed_contacts:
+                    rejections.append({"contact_id": contact.id, "reason": outcome.rejected[index][:500]})
+                elif index in outcome.failed:
                     counts["failed"] += 1
-                elif index in profile_outcome.skipped:
+                elif index in outcome.skipped:
                     counts["skipped"] += 1
                 else:
                     counts["created" if contact.id in created else "updated"] += 1
                     links.append(
-                        records.LinkUpdate(contact.id, fingerprints[contact.id], profile_outcome.remote_ids.get(index))
+                        records.LinkUpdate(contact.id, fingerprints[contact.id], outcome.remote_ids.get(index))
                     )
         self._save_page(contacts[-1].id, len(contacts), counts, rejections, links, requests)
         return len(contacts) == self.options.page_size

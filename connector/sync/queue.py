@@ -3,7 +3,7 @@
 An outbox row says what changed in a store; ``fan_out`` turns it, in the same transaction that marks the row
 done, into one sync item per connected ESP. Items of the same subject coalesce while pending (the job sends
 the current state), except events, which are each sent once. ``claim_due`` hands due items to the broker
-grouped by store, ESP and kind, in batches the ESP's bulk endpoints take.
+grouped by store, ESP and kind, in batches of the size the ESP's entry in ``adapters.ESPS`` gives.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from sqlalchemy.orm import Session, aliased
 from ..outbox import Topic
 from ..store import Database, EspConnection, OutboxRow, SyncItem, SyncItemStatus, SyncKind, utcnow
 from ..store.claims import claim
+from .adapters import batch_size
 
 TOPIC_KINDS = {
     Topic.CONTACT_UPSERT: SyncKind.PROFILE,
     Topic.CONSENT_CHANGED: SyncKind.CONSENT,
     Topic.EVENT_TRACKED: SyncKind.EVENT,
+    Topic.CART_ABANDONED: SyncKind.CART,
 }
-COALESCING_KINDS = frozenset({SyncKind.PROFILE, SyncKind.CONSENT})
-#: Items per job message, per kind: one bulk request's worth (Klaviyo bulk events take 1,000).
-BATCH_SIZES = {SyncKind.PROFILE: 500, SyncKind.CONSENT: 1000, SyncKind.EVENT: 1000}
+COALESCING_KINDS = frozenset({SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.CART})
 CLAIM_LIMIT = 5000
 
 SendBatch = Callable[[int, str, list[int]], object]
@@ -115,7 +115,7 @@ def _claim_and_send(db: Database, query: sa.Select[int, int, str, str], now: dt.
     for row in rows:
         groups[(row.store_id, row.esp, row.kind)].append(row.id)
     for (store_id, esp, kind), ids in groups.items():
-        size = BATCH_SIZES.get(SyncKind(kind), 500)
+        size = batch_size(esp, kind)
         for start in range(0, len(ids), size):
             send(store_id, esp, ids[start : start + size])
     return len(rows)

@@ -2,6 +2,8 @@
 
 Each operation has windows (Klaviyo: a burst window of 1 s and a steady one of 60 s; ActiveCampaign: 5 per
 second). A request is allowed only when *every* window has room, and then it is counted in all of them at once.
+A window with a ``name`` is one log shared by every operation that lists it: ActiveCampaign's 5 requests/s are
+one budget for the whole account, and its bulk import also has its own per-minute windows.
 That is why this is hand-written rather than dramatiq's ``WindowRateLimiter``: that one counts one window per
 call (acquiring burst then steady wastes a burst slot whenever steady is full, so pollers starve the burst
 budget), and it cannot say how long to wait, only "no".
@@ -68,6 +70,8 @@ return 0
 class Window:
     limit: int
     seconds: float
+    #: Operations listing windows of the same name count in one log (None: the window is the operation's own).
+    name: str | None = None
 
 
 def account_key(esp: str, api_key: str) -> str:
@@ -84,6 +88,7 @@ class SharedRateLimiter:
         redis_client: the shared store; None keeps the budget in this process only.
         time_scale: divides every window (for the ESP sandbox's ``--time-scale``); 1 for a real ESP.
         max_wait: longest ``acquire`` blocks before raising ``RateLimited`` (the job is then rescheduled).
+        shared_pause: a 429 on any operation pauses all of them (one account-wide budget, as ActiveCampaign's).
     """
 
     def __init__(
@@ -94,14 +99,19 @@ class SharedRateLimiter:
         redis_client: redis.Redis | None = None,
         time_scale: float = 1.0,
         max_wait: float = 120.0,
+        shared_pause: bool = False,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         self.account = account
         self.max_wait = max_wait
+        self.shared_pause = shared_pause
         self._windows = {
-            op: tuple(self._lengthen(Window(w.limit, w.seconds / time_scale)) for w in windows)
+            op: tuple(
+                self._lengthen(Window(w.limit, w.seconds / time_scale, w.name or f"{op}:{i}"))
+                for i, w in enumerate(windows)
+            )
             for op, windows in limits.items()
         }
         self._redis = redis_client
@@ -112,7 +122,10 @@ class SharedRateLimiter:
 
     @staticmethod
     def _lengthen(window: Window) -> Window:
-        return Window(window.limit, window.seconds + max(window.seconds * MARGIN, MIN_MARGIN))
+        return Window(window.limit, window.seconds + max(window.seconds * MARGIN, MIN_MARGIN), window.name)
+
+    def _pause_key(self, operation: str) -> str:
+        return "*" if self.shared_pause else operation
 
     def acquire(self, operation: str) -> None:
         windows = self._windows.get(operation)
@@ -135,9 +148,9 @@ class SharedRateLimiter:
         if not windows:
             return 0.0
         if self._script is None:
-            return self._local.try_acquire(self.account, operation, windows)
-        keys = [f"espbridge:rl:{self.account}:{operation}:{i}" for i in range(len(windows))]
-        keys.append(f"espbridge:rl:{self.account}:{operation}:paused")
+            return self._local.try_acquire(self.account, self._pause_key(operation), windows)
+        keys = [f"espbridge:rl:{self.account}:{window.name}" for window in windows]
+        keys.append(f"espbridge:rl:{self.account}:{self._pause_key(operation)}:paused")
         args: list[str | int] = [uuid.uuid4().hex]
         for window in windows:
             args += [int(window.seconds * 1_000_000), window.limit]
@@ -149,23 +162,23 @@ class SharedRateLimiter:
         if seconds <= 0:
             return
         if self._redis is None:
-            self._local.pause(self.account, operation, seconds)
+            self._local.pause(self.account, self._pause_key(operation), seconds)
             return
-        key = f"espbridge:rl:{self.account}:{operation}:paused"
+        key = f"espbridge:rl:{self.account}:{self._pause_key(operation)}:paused"
         self._redis.set(key, 1, px=max(1, int(seconds * 1000)))
 
 
 class _LocalWindows:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._logs: dict[tuple[str, str, int], collections.deque[float]] = collections.defaultdict(collections.deque)
+        self._logs: dict[tuple[str, str | None], collections.deque[float]] = collections.defaultdict(collections.deque)
         self._paused: dict[tuple[str, str], float] = {}
 
-    def try_acquire(self, account: str, operation: str, windows: tuple[Window, ...]) -> float:
+    def try_acquire(self, account: str, pause_key: str, windows: tuple[Window, ...]) -> float:
         now = time.monotonic()
         with self._lock:
-            wait = max(0.0, self._paused.get((account, operation), 0.0) - now)
-            logs = [self._logs[(account, operation, i)] for i in range(len(windows))]
+            wait = max(0.0, self._paused.get((account, pause_key), 0.0) - now)
+            logs = [self._logs[(account, window.name)] for window in windows]
             for window, log in zip(windows, logs, strict=True):
                 while log and log[0] <= now - window.seconds:
                     log.popleft()
@@ -177,9 +190,9 @@ class _LocalWindows:
                 log.append(now)
             return 0.0
 
-    def pause(self, account: str, operation: str, seconds: float) -> None:
+    def pause(self, account: str, pause_key: str, seconds: float) -> None:
         with self._lock:
-            self._paused[(account, operation)] = time.monotonic() + seconds
+            self._paused[(account, pause_key)] = time.monotonic() + seconds
 
 
 #: The in-memory budgets of this process, shared by every limiter without Redis: the worker threads each build
