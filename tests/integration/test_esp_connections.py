@@ -134,3 +134,35 @@ def test_cli_settings_merge_and_bad_ones_are_refused_by_key(
         assert refused.exit_code == 2 and field in refused.output, (bad, refused.output)
     with db.reader() as session:
         assert session.scalar(sa.select(EspConnection.settings))["rate_limit_scale"] == 4
+
+
+def test_activecampaign_needs_its_account_url_and_keeps_its_event_key_encrypted(
+    db: Database, store: NewStore, cipher: CredentialCipher
+) -> None:
+    # ActiveCampaign has no one API host: each account has its own, so a connection without it is refused
+    with db.writer() as session, pytest.raises(InvalidInput) as info:
+        connections.connect(session, cipher, store.id, "activecampaign", api_key=API_KEY)
+    assert info.value.field == "base_url"
+    event_key = "ac-event-key-0123456789"
+    with db.writer() as session:
+        connections.connect(
+            session,
+            cipher,
+            store.id,
+            "activecampaign",
+            api_key=API_KEY,
+            base_url="https://acme.api-us1.com",
+            secrets={"event_key": event_key},
+        )
+    # When only the API key changes, the event key is kept
+    with db.writer() as session:
+        connections.connect(
+            session, cipher, store.id, "activecampaign", api_key="new-key", base_url="https://acme.api-us1.com"
+        )
+    with db.reader() as session:
+        stored = session.scalar(sa.select(EspConnection.credentials).where(EspConnection.esp == "activecampaign"))
+        connection = connections.load(session, cipher, store.id, "activecampaign")
+    assert stored is not None and event_key not in stored
+    assert connection.secrets["event_key"].get_secret_value() == event_key
+    assert connection.api_key.get_secret_value() == "new-key"
+    assert event_key not in repr(connection)

@@ -262,3 +262,36 @@ def test_redis_keys_name_the_account_by_digest_never_by_api_key(redis_server: Re
         assert all(0 < client.pttl(key) <= 63_000 for key in ours), {k: client.pttl(k) for k in ours}
     finally:
         client.close()
+
+
+def test_named_windows_are_one_budget_for_every_operation_listing_them(make_limiter: MakeLimiter) -> None:
+    # ActiveCampaign: 5 requests/s for the whole account, and the bulk import also its own per-minute window
+    limits = {
+        "contact_sync": (Window(5, 1.0, "account"),),
+        "contact_lists": (Window(5, 1.0, "account"),),
+        "bulk_import": (Window(5, 1.0, "account"), Window(2, 60.0, "bulk")),
+    }
+    worker, peer = make_limiter(limits), make_limiter(limits)
+    # Two operations of two workers draw on one budget: the sixth request of the second, whatever it is, waits
+    assert [worker.try_acquire("contact_sync") for _ in range(3)] == [0.0] * 3
+    assert [peer.try_acquire("contact_lists") for _ in range(2)] == [0.0] * 2
+    assert peer.try_acquire("bulk_import") > 0
+    assert worker.try_acquire("contact_sync") > 0
+    # A refusal by one window counts in none: once the account window frees, the bulk window has both slots
+    time.sleep(lengthened(1.0) + EPSILON)
+    assert [peer.try_acquire("bulk_import") for _ in range(2)] == [0.0, 0.0]
+    wait = peer.try_acquire("bulk_import")
+    assert wait > lengthened(1.0), wait  # the bulk window (a minute) decides now
+    assert worker.try_acquire("contact_sync") == 0.0  # and the account window still has room for the others
+
+
+def test_a_shared_pause_holds_every_operation_of_the_account(make_limiter: MakeLimiter) -> None:
+    limits = {"contact_sync": (Window(100, 1.0, "account"),), "trackcmp": (Window(100, 1.0, "trackcmp"),)}
+    got_429 = make_limiter(limits, shared_pause=True)
+    peer = make_limiter(limits, shared_pause=True)
+    # When one worker's request of one operation is answered 429
+    got_429.pause("contact_sync", 0.4)
+    # Then the other worker waits for every operation, not only that one
+    for operation in ("contact_sync", "trackcmp"):
+        wait = peer.try_acquire(operation)
+        assert 0.4 - LATE < wait <= 0.4, (operation, wait)

@@ -25,6 +25,7 @@ from connector.esp.klaviyo import (
     map_error,
     plan_consent,
 )
+from connector.esp.klaviyo_adapter import KlaviyoAdapter
 from connector.sandbox import DEFAULT_API_KEY, KlaviyoSandbox
 from connector.store import Contact, Event
 from tests.contract.klaviyo import operation, request_errors, spec
@@ -723,3 +724,37 @@ def test_a_sandbox_429_storm_is_rate_limited_with_its_retry_after() -> None:
     with pytest.raises(RateLimited) as info:
         sandbox_client(sandbox).create_event(event("m1"))
     assert info.value.retry_after == 7.0
+
+
+# --- erasure and carts (protocol calls with no Klaviyo-specific caller yet) -----------------------------------------
+
+
+def test_erase_asks_klaviyo_for_one_deletion_job_per_person() -> None:
+    sandbox = KlaviyoSandbox()
+    client = sandbox_client(sandbox)
+    client.import_profile(KlaviyoProfile(email="sarah@example.com"))
+    client.import_profile(KlaviyoProfile(phone_number="+15005550007"))
+    adapter = KlaviyoAdapter(client)
+    people = [
+        contact(),
+        contact(email=None, phone="+15005550007", external_id=None),
+        contact(email=None, phone=None, external_id="u-only"),
+    ]
+    outcome = adapter.erase(people)
+    # Both people with an email or a phone are deleted with their data; an external id alone cannot be
+    assert sandbox.state()["profiles"] == []
+    assert len(sandbox.state()["deletions"]) == 2
+    assert outcome.requests == 2 and not outcome.failed and not outcome.rejected
+    assert list(outcome.skipped) == [2]
+
+
+def test_erase_reports_a_refused_person_and_stops_at_an_outage() -> None:
+    sandbox = KlaviyoSandbox()
+    set_faults(sandbox, reject={"emails": ["sarah@example.com"]})
+    people = [contact(), contact(email="b@example.com"), contact(email="c@example.com")]
+    outcome = KlaviyoAdapter(sandbox_client(sandbox)).erase(people)
+    assert list(outcome.rejected) == [0] and not outcome.failed
+    set_faults(sandbox, error_rate=1.0)
+    outcome = KlaviyoAdapter(sandbox_client(sandbox)).erase(people)
+    assert outcome.failed == {0, 1, 2} and isinstance(outcome.error, Transient)
+    assert outcome.requests == 1  # the first failure stops the batch: the engine retries it all later
