@@ -183,15 +183,52 @@ def worker(ctx: Context, threads: int | None) -> None:
     type=click.FloatRange(min=0),
     help="Seconds a bulk job takes from queued through processing to complete (divided by --time-scale).",
 )
-def sandbox(host: str, port: int, time_scale: float, api_keys: tuple[str, ...], job_delay: float) -> None:
-    """Run the ESP sandbox: a local emulation of the Klaviyo API. NOT Klaviyo; state is in memory."""
-    from connector.sandbox import DEFAULT_API_KEY, KlaviyoSandbox, SandboxServer
+@click.option(
+    "--ac-api-token",
+    "ac_api_tokens",
+    multiple=True,
+    help="Accepted ActiveCampaign Api-Token (repeatable). Default: ac_sandbox_token.",
+)
+@click.option("--ac-actid", default="1000000", show_default=True, help="ActiveCampaign trackcmp account id (actid).")
+@click.option(
+    "--ac-event-key", default="ac_sandbox_event_key", show_default=True, help="ActiveCampaign trackcmp event key."
+)
+def sandbox(
+    host: str,
+    port: int,
+    time_scale: float,
+    api_keys: tuple[str, ...],
+    job_delay: float,
+    ac_api_tokens: tuple[str, ...],
+    ac_actid: str,
+    ac_event_key: str,
+) -> None:
+    """Run the ESP sandbox: a local emulation of the Klaviyo and ActiveCampaign APIs. NOT the real services;
+    state is in memory."""
+    from connector.sandbox import (
+        DEFAULT_API_KEY,
+        DEFAULT_API_TOKEN,
+        ActiveCampaignSandbox,
+        KlaviyoSandbox,
+        Sandbox,
+        SandboxServer,
+    )
 
-    app = KlaviyoSandbox(api_keys=api_keys or (DEFAULT_API_KEY,), time_scale=time_scale, job_delay=job_delay)
-    server = SandboxServer(app, host=host, port=port)
+    klaviyo = KlaviyoSandbox(api_keys=api_keys or (DEFAULT_API_KEY,), time_scale=time_scale, job_delay=job_delay)
+    activecampaign = ActiveCampaignSandbox(
+        api_tokens=ac_api_tokens or (DEFAULT_API_TOKEN,),
+        actid=ac_actid,
+        event_key=ac_event_key,
+        time_scale=time_scale,
+        job_delay=job_delay,
+    )
+    server = SandboxServer(Sandbox(klaviyo, activecampaign), host=host, port=port)
     click.echo(
-        f"espbridge ESP sandbox (NOT Klaviyo) emulating Klaviyo revision {app.revision} at {server.url}/api/ "
-        f"(admin: {server.url}/_sandbox/, time scale {time_scale:g}, {len(app.api_keys)} accepted key(s))",
+        f"espbridge ESP sandbox (NOT Klaviyo, NOT ActiveCampaign: nothing reaches the real services) emulating "
+        f"Klaviyo revision {klaviyo.revision} at {server.url}/api/ ({len(klaviyo.api_keys)} accepted key(s)) and "
+        f"ActiveCampaign v3 at {server.url}/api/3/ + trackcmp at {server.url}/event "
+        f"({len(activecampaign.api_tokens)} accepted token(s)); admin: {server.url}/_sandbox/ and "
+        f"{server.url}/_sandbox/activecampaign/, time scale {time_scale:g}",
         err=True,
     )
     server.serve_forever()

@@ -8,10 +8,41 @@ semantics with per-record errors, fault injection and a request log, all in memo
 Engagement (connector/sandbox/klaviyo_webhooks.py): ``GET /api/metrics``, ``GET /api/events``, and email events
 recorded with ``POST /_sandbox/engagement`` delivered to the registered webhooks, signed as Klaviyo signs them.
 
-Not yet emulated: ActiveCampaign; GET list endpoints for profiles; OAuth bearer tokens; key scopes.
+The ActiveCampaign part, :class:`ActiveCampaignSandbox` (connector/sandbox/activecampaign.py): AC's v3 paths under
+``/api/3/``, ``Api-Token`` auth, bodies validated against the v3 reference mirror with the documented corrections,
+the account's 5 req/s (and the bulk importer's per-minute limits), bulk import, trackcmp events at ``/event``,
+Deep Data, and form-encoded webhook deliveries (activecampaign_webhooks.py); admin under
+``/_sandbox/activecampaign/``; every response carries ``X-Espbridge-Sandbox: activecampaign``. :class:`Sandbox`
+(app.py) serves both parts on one port.
+
+Not yet emulated: GET list endpoints for profiles; OAuth bearer tokens; key scopes.
 """
 
+from .activecampaign import (
+    AC_SANDBOX_HEADER,
+    DEFAULT_ACTID,
+    DEFAULT_API_TOKEN,
+    DEFAULT_EVENT_KEY,
+    AcFaults,
+    AcReject,
+    ActiveCampaignSandbox,
+)
+from .app import Sandbox
 from .klaviyo import DEFAULT_API_KEY, SANDBOX_HEADER, Faults, KlaviyoSandbox
 from .server import SandboxServer
 
-__all__ = ["DEFAULT_API_KEY", "SANDBOX_HEADER", "Faults", "KlaviyoSandbox", "SandboxServer"]
+__all__ = [
+    "AC_SANDBOX_HEADER",
+    "DEFAULT_ACTID",
+    "DEFAULT_API_KEY",
+    "DEFAULT_API_TOKEN",
+    "DEFAULT_EVENT_KEY",
+    "SANDBOX_HEADER",
+    "AcFaults",
+    "AcReject",
+    "ActiveCampaignSandbox",
+    "Faults",
+    "KlaviyoSandbox",
+    "Sandbox",
+    "SandboxServer",
+]

@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable, Iterable
 from types import FrameType
+from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, make_server
-
-from .klaviyo import KlaviyoSandbox
 
 __all__ = ["SandboxServer"]
 
 
+#: A WSGI app: :class:`Sandbox` (both ESPs, what ``espbridge sandbox`` serves) or one ESP's part alone.
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
 class SandboxServer:
-    def __init__(self, sandbox: KlaviyoSandbox, *, host: str = "127.0.0.1", port: int = 8100) -> None:
+    def __init__(self, sandbox: WSGIApp, *, host: str = "127.0.0.1", port: int = 8100) -> None:
         self.sandbox = sandbox
         self._server: BaseWSGIServer = make_server(host, port, sandbox, threaded=True)
 

@@ -25,8 +25,17 @@ READY_TIMEOUT = 20.0
 
 
 @contextlib.contextmanager
-def running_sandbox(log_dir: Path, *, api_key: str, time_scale: float = 1.0) -> Iterator[ServiceProcess]:
-    """``espbridge sandbox --host 127.0.0.1 --port <free> --time-scale S --api-key K``, ready; stopped on exit."""
+def running_sandbox(
+    log_dir: Path,
+    *,
+    api_key: str,
+    time_scale: float = 1.0,
+    ac_api_token: str | None = None,
+    ac_actid: str | None = None,
+    ac_event_key: str | None = None,
+) -> Iterator[ServiceProcess]:
+    """``espbridge sandbox --host 127.0.0.1 --port <free> --time-scale S --api-key K`` (plus ``--ac-api-token``,
+    ``--ac-actid``, ``--ac-event-key`` when given: the ActiveCampaign part's credentials), ready; stopped on exit."""
     port = free_port()
     argv = [
         sys.executable,
@@ -42,6 +51,9 @@ def running_sandbox(log_dir: Path, *, api_key: str, time_scale: float = 1.0) -> 
         "--api-key",
         api_key,
     ]
+    for option, value in (("--ac-api-token", ac_api_token), ("--ac-actid", ac_actid), ("--ac-event-key", ac_event_key)):
+        if value is not None:
+            argv += [option, value]
     env = {k: v for k, v in os.environ.items() if not k.startswith("ESPBRIDGE_")} | {"PYTHONUNBUFFERED": "1"}
     process = ServiceProcess("sandbox", argv, env, log_dir / "sandbox.log", port=port).start()
     try:

@@ -721,10 +721,12 @@ def test_espbridge_sandbox_passes_job_delay(monkeypatch: pytest.MonkeyPatch) -> 
     import connector.sandbox
     from web.cli import main
 
-    started: list[KlaviyoSandbox] = []
+    from connector.sandbox import Sandbox
+
+    started: list[Sandbox] = []
 
     class Server:
-        def __init__(self, app: KlaviyoSandbox, **_: Any) -> None:
+        def __init__(self, app: Sandbox, **_: Any) -> None:
             started.append(app)
             self.url = "http://127.0.0.1:0"
 
@@ -734,7 +736,8 @@ def test_espbridge_sandbox_passes_job_delay(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(connector.sandbox, "SandboxServer", Server)
     result = CliRunner().invoke(main, ["sandbox", "--job-delay", "3", "--time-scale", "2"])
     assert result.exit_code == 0, result.output
-    assert started[0].job_delay == 1.5
+    assert started[0].klaviyo.job_delay == 1.5  # the process serves both ESPs' parts (connector/sandbox/app.py)
+    assert started[0].activecampaign.job_delay == 1.5
     assert CliRunner().invoke(main, ["sandbox", "--job-delay", "-1"]).exit_code == 2
 
 
