@@ -1,10 +1,11 @@
 """Recording engagement reported by ESPs (webhooks or polling): once per ESP event, with the consent it implies.
 
-Each ``EngagementReport`` (connector/esp/klaviyo_webhooks.py reads Klaviyo's) becomes one ``engagement`` row,
-unique per (store, ESP, ESP event id): ESPs deliver at least once, so a redelivery, a poll overlapping a webhook or
-two deliveries racing each other record nothing new. The same transaction appends the consent ledger entry that
-three kinds of engagement imply for the email channel, and moves the consent state (connector.consent.record, which
-also writes the outbox row that tells the other ESPs):
+Each ``EngagementReport`` (connector/esp/klaviyo_webhooks.py reads Klaviyo's, activecampaign_webhooks.py
+ActiveCampaign's) becomes one ``engagement`` row, unique per (store, ESP, ESP event id): ESPs deliver at least once,
+so a redelivery, a poll overlapping a webhook or two deliveries racing each other record nothing new. The same
+transaction appends the consent ledger entry that three kinds of engagement imply for the report's channel (email;
+sms for an SMS unsubscribe), and moves the consent state (connector.consent.record, which also writes the outbox row
+that tells the other ESPs):
 
 - unsubscribed → action ``withdraw``;
 - a hard bounce → action ``bounce`` (a soft bounce or a bounce of unknown type records engagement only);
@@ -43,7 +44,8 @@ class EngagementReport:
     """One engagement event as an ESP reported it (connector/esp/klaviyo_webhooks.py reads Klaviyo's), for ``record``.
 
     ``remote_profile_id`` is the ESP's id of the person (matched through esp_links); ``email`` is used when that
-    does not resolve. ``hard_bounce`` is True only for a bounce the ESP calls hard.
+    does not resolve. ``hard_bounce`` is True only for a bounce the ESP calls hard. ``channel``: where it happened
+    (the engagement row's channel and the channel of the consent it implies).
     """
 
     esp: str
@@ -54,6 +56,7 @@ class EngagementReport:
     email: str | None = None
     hard_bounce: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
+    channel: Channel = Channel.EMAIL
 
 
 #: Merged contacts are followed to their survivor at most this many hops (merges chain rarely, never in cycles).
@@ -125,7 +128,7 @@ def record(session: Session, store_id: int, reports: Iterable[EngagementReport],
                         esp_event_id=report.esp_event_id,
                         kind=report.kind,
                         contact_id=contact.id if contact else None,
-                        channel=Channel.EMAIL,
+                        channel=report.channel,
                         occurred_at=report.occurred_at,
                         details=dict(report.details),
                     )
@@ -176,7 +179,7 @@ def _ledger(
         store_id,
         contact,
         consent.ConsentProperties(
-            channel=Channel.EMAIL, status=ConsentStatus.UNSUBSCRIBED, method=method, source=report.esp
+            channel=report.channel, status=ConsentStatus.UNSUBSCRIBED, method=method, source=report.esp
         ),
         occurred_at=report.occurred_at,
         context={},

@@ -349,17 +349,27 @@ def _merged_settings(current: dict[str, Any], pairs: tuple[str, ...]) -> dict[st
 
 
 @esp.command("register-webhook")
-@click.argument("esp_name", metavar="ESP", type=click.Choice(["klaviyo"]))
-@click.option("--url", required=True, help="The store's public webhook URL: https://<host>/webhooks/klaviyo/<id>.")
+@click.argument("esp_name", metavar="ESP", type=click.Choice(["klaviyo", "activecampaign"]))
+@click.option(
+    "--url",
+    required=True,
+    help="The store's public webhook URL: https://<host>/webhooks/<esp>/<store id> (for activecampaign the secret "
+    "token is appended to it).",
+)
 @click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @pass_context
 def esp_register_webhook(ctx: Context, esp_name: str, url: str, store_id: int | None, as_json: bool) -> None:
-    """Register the store's webhook URL with the ESP for its engagement topics, signed with the stored secret."""
+    """Register the store's webhook URL with the ESP for its engagement topics, signed with the stored secret
+    (ActiveCampaign, which does not sign: with the secret as the URL's last segment, printed masked)."""
     import secrets
 
     from connector.esp.klaviyo import KlaviyoClient
     from connector.esp.klaviyo_webhooks import TOPICS
+
+    if esp_name == "activecampaign":
+        _register_activecampaign_webhook(ctx, url, store_id, as_json)
+        return
 
     db = connect(ctx.settings.database_url)
     try:
@@ -381,6 +391,37 @@ def esp_register_webhook(ctx: Context, esp_name: str, url: str, store_id: int | 
         db.dispose()
     data = {"store_id": store.id, "esp": esp_name, "webhook_id": webhook_id, "url": url, "topics": list(TOPICS)}
     emit(data, as_json, [f"store {store.id}: {esp_name} webhook {webhook_id} → {url} ({len(TOPICS)} topics)"])
+
+
+def _register_activecampaign_webhook(ctx: Context, endpoint: str, store_id: int | None, as_json: bool) -> None:
+    import secrets
+
+    from connector.esp import activecampaign_webhooks as ac
+
+    db = connect(ctx.settings.database_url)
+    try:
+        cipher = CredentialCipher(ctx.settings.credentials_key)
+        with db.reader() as session:
+            store = find_store(session, store_id)
+            connection = connections.load(session, cipher, store.id, ac.ESP)
+        token = connection.webhook_secret.get_secret_value() if connection.webhook_secret else None
+        token = token or secrets.token_urlsafe(32)  # a new one, stored only once ActiveCampaign accepted it
+        try:
+            url = ac.webhook_url(endpoint, token)
+        except ValueError as exc:
+            raise click.UsageError(f"{exc}; set a new one with esp connect --webhook-secret") from None
+        webhook_id = ac.register_webhook(
+            connection.base_url, connection.api_key.get_secret_value(), url, name=f"espbridge store {store.id}"
+        )
+        with db.writer() as session:
+            connections.set_webhook_secret(session, cipher, store.id, ac.ESP, token)
+    except (EspbridgeError, EspError) as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        db.dispose()
+    shown = ac.masked(url, token)
+    data = {"store_id": store.id, "esp": ac.ESP, "webhook_id": webhook_id, "url": shown, "events": list(ac.EVENTS)}
+    emit(data, as_json, [f"store {store.id}: {ac.ESP} webhook {webhook_id} → {shown} ({len(ac.EVENTS)} events)"])
 
 
 @esp.command("poll")

@@ -1,4 +1,5 @@
-"""Inbound ESP webhooks: ``POST /webhooks/klaviyo/<store id>``, one URL per store.
+"""Inbound ESP webhooks: ``POST /webhooks/klaviyo/<store id>`` and ``POST /webhooks/activecampaign/<store id>/<token>``,
+one URL per store.
 
 The URL names the store by its id (as the CLI's ``--store`` does); what authenticates a delivery is its signature,
 made with the secret stored (encrypted) on the store's Klaviyo connection, never the URL. Verification and reading
@@ -9,17 +10,35 @@ Answers: 200 ``{"success": true, "received", "recorded", "duplicates", "ignored"
 wrongly signed; 403 stale or for another webhook; 400 a signed body that is not a delivery; 404 a store without a
 Klaviyo connection with a webhook secret; 413 a body over ``MAX_WEBHOOK_BYTES``; 503 when the credentials key is
 missing (Klaviyo retries later).
+
+ActiveCampaign signs nothing, so its URL carries the secret: ``<token>`` is the webhook secret stored (encrypted)
+on the store's ActiveCampaign connection, compared in constant time. Reading is in
+connector/esp/activecampaign_webhooks.py. Answers: 200 ``{"success": true, "received": 1, "ignored", "echo",
+"recorded", "duplicates", "consent_entries", "unknown_people", "linked"}`` (``echo``: ``initiated_from=api``, our own
+change, recorded as nothing); 404 for an unknown store, a store without an ActiveCampaign webhook secret and a wrong
+token alike (which one is not told); 400 a malformed body (``field`` names the key); 415 a body that is not
+form-encoded; 413 over ``MAX_AC_WEBHOOK_BYTES``; 503 when the credentials key is missing. Never 410: ActiveCampaign
+deactivates a webhook answered with 410. ActiveCampaign never retries, so nothing here asks for a retry but 503.
+
+The token is a credential in a URL path, so it must not reach a log line: ``TokenRedaction`` rewrites it in every
+record of the loggers that may print a request's path (werkzeug's dev server, gunicorn's error and access logs, the
+app's own), installed when this blueprint is registered; gunicorn's access log is off in ``espbridge serve`` anyway.
 """
 
 from __future__ import annotations
 
+import hmac
 import logging
+import re
 
 from flask import Blueprint, Response, jsonify, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.exceptions import NotFound as HttpNotFound
 
 from connector import engagement
 from connector.credentials import CredentialCipher, CredentialsUnavailable
 from connector.errors import NotFound
+from connector.esp import activecampaign_webhooks as ac
 from connector.esp import connections
 from connector.esp.klaviyo_webhooks import ESP, WebhookRejected, verify
 from connector.store import utcnow
@@ -33,6 +52,54 @@ bp = Blueprint("webhooks", __name__, url_prefix="/webhooks")
 
 #: A Klaviyo delivery batches events; bodies up to this size are read (the app's default limit is for ingestion).
 MAX_WEBHOOK_BYTES = 10 * 1024 * 1024
+#: An ActiveCampaign delivery is one event (with the contact's custom fields): far below this.
+MAX_AC_WEBHOOK_BYTES = 256 * 1024
+
+#: A token in an ActiveCampaign webhook path, as any log line would show it (a path, a URL, a request line).
+TOKEN_IN_PATH = re.compile(r"(/webhooks/activecampaign/[^/\s]*/)[^\s/?#\"']+")
+REDACTED = "[redacted]"
+#: The loggers that may print a request's path: werkzeug's dev server (request lines), gunicorn ("Error handling
+#: request <uri>", the access log if someone turns it on), httpx (the sandbox delivering webhooks logs each URL),
+#: Flask's app logger ("Exception on <path>"), and ours (an error's traceback could quote a URL).
+REDACTED_LOGGERS = ("werkzeug", "gunicorn.error", "gunicorn.access", "httpx", "web", "web.errors", __name__)
+_MARK = "/webhooks/activecampaign/"
+
+
+class TokenRedaction(logging.Filter):
+    """Replaces the token of an ActiveCampaign webhook path in a log record's message and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not format: the handler reports that, not us
+            return True
+        if _MARK in message:
+            record.msg, record.args = _redact(message), None
+        if record.exc_info and not record.exc_text:
+            # formatted here, once (formatters reuse ``exc_text``), so that it can be redacted
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text and _MARK in record.exc_text:
+            record.exc_text = _redact(record.exc_text)
+        return True
+
+
+def _redact(text: str) -> str:
+    return TOKEN_IN_PATH.sub(rf"\1{REDACTED}", text)
+
+
+def install_token_redaction(app_logger: logging.Logger | None = None) -> None:
+    """Add ``TokenRedaction`` to the loggers that may print a path (once each), and to the app's logger."""
+    loggers = [logging.getLogger(name) for name in REDACTED_LOGGERS]
+    if app_logger is not None:
+        loggers.append(app_logger)
+    for logger in loggers:
+        if not any(isinstance(f, TokenRedaction) for f in logger.filters):
+            logger.addFilter(TokenRedaction())
+
+
+@bp.record_once
+def _on_register(state: BlueprintSetupState) -> None:
+    install_token_redaction(state.app.logger)
 
 
 @bp.post("/klaviyo/<int:store_id>")
@@ -72,6 +139,47 @@ def klaviyo(store_id: int) -> Response:
             "received": delivery.received,
             "ignored": delivery.ignored,
             "skipped": len(delivery.skipped),
+            **recorded.as_dict(),
+        }
+    )
+
+
+@bp.post("/activecampaign/<int:store_id>/<token>")
+def activecampaign(store_id: int, token: str) -> Response:
+    """Receive an ActiveCampaign webhook delivery (one event, form-encoded) for store ``store_id``."""
+    request.max_content_length = MAX_AC_WEBHOOK_BYTES
+    runtime = get_runtime()
+    try:
+        cipher = CredentialCipher(runtime.settings.credentials_key)
+        with runtime.db.reader() as session:
+            secret = connections.load(session, cipher, store_id, ac.ESP).webhook_secret
+    except NotFound:
+        secret = None
+    except CredentialsUnavailable as exc:
+        log.error("store %s: ActiveCampaign webhook secret unreadable: %s", store_id, exc)
+        response = error_response(503, "the webhook secret cannot be read right now")
+        response.headers["Retry-After"] = "60"
+        return response
+    # One answer for every way of not matching, so the URL space tells nothing about stores or connections.
+    if secret is None or not hmac.compare_digest(token.encode(), secret.get_secret_value().encode()):
+        return error_response(404, HttpNotFound.description)
+    if request.mimetype not in ("", "application/x-www-form-urlencoded"):
+        return error_response(415, "an ActiveCampaign delivery is application/x-www-form-urlencoded")
+    try:
+        delivery = ac.read_delivery(ac.parse_form(request.get_data(cache=False)))
+    except ac.FormError as exc:
+        log.warning("store %s: ActiveCampaign webhook refused: %s", store_id, exc)
+        return error_response(400, str(exc), field=exc.field)
+    recorded = engagement.Recorded()
+    if delivery.report is not None:
+        with runtime.db.writer() as session:
+            recorded = engagement.record(session, store_id, [delivery.report], method="esp_webhook")
+    return jsonify(
+        {
+            "success": True,
+            "received": 1,
+            "ignored": int(delivery.ignored),
+            "echo": int(delivery.echo),
             **recorded.as_dict(),
         }
     )
