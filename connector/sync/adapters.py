@@ -141,6 +141,10 @@ def batch_size(esp: str, kind: str) -> int:
     return ESPS[esp].batch_sizes.get(kind, 100) if esp in ESPS else 100
 
 
+def largest_batch(esp: str) -> int:
+    return max(ESPS[esp].batch_sizes.values(), default=100) if esp in ESPS else 100
+
+
 class AdapterCache:
     """One adapter per (store, ESP, connection version) per thread: adapters keep an HTTP connection open and
     are used by one thread at a time. A changed connection (new key or URL) builds a new one."""

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session, aliased
 from ..outbox import Topic
 from ..store import Database, EspConnection, OutboxRow, SyncItem, SyncItemStatus, SyncKind, utcnow
 from ..store.claims import claim
-from .adapters import batch_size
+from .adapters import batch_size, largest_batch
 
 TOPIC_KINDS = {
     Topic.CONTACT_UPSERT: SyncKind.PROFILE,
@@ -29,6 +29,8 @@ TOPIC_KINDS = {
 }
 COALESCING_KINDS = frozenset({SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.CART})
 CLAIM_LIMIT = 5000
+#: Jobs' worth of items one store and ESP may have enqueued at once (see ``claim_due``).
+MAX_JOBS_IN_FLIGHT = 8
 
 SendBatch = Callable[[int, str, list[int]], object]
 
@@ -72,10 +74,40 @@ def claim_due(db: Database, send: SendBatch, *, limit: int = CLAIM_LIMIT) -> int
     A coalescing item waits while an earlier item of the same subject is enqueued: that job loaded the older
     state and may still be sending it, so sending the newer state beside it could let the older one reach the
     ESP last (a stale profile, a withdrawn subscription restored). It goes once the earlier one is settled.
+
+    Each store and ESP has at most ``MAX_JOBS_IN_FLIGHT`` jobs' worth of items enqueued. The worker threads and
+    the broker's queue are shared by every ESP: without this, a backlog for a slow account (ActiveCampaign's
+    5 requests/s after an outage) would fill the queue, and another ESP's changes would wait behind all of it.
     """
     now = utcnow()
+    with db.reader() as session:
+        due = session.execute(
+            sa.select(SyncItem.store_id, SyncItem.esp)
+            .where(SyncItem.status == SyncItemStatus.PENDING, SyncItem.available_at <= now)
+            .distinct()
+        ).all()
+        if not due:
+            return 0
+        in_flight = {
+            (store_id, esp): count
+            for store_id, esp, count in session.execute(
+                sa.select(SyncItem.store_id, SyncItem.esp, sa.func.count(SyncItem.id))
+                .where(SyncItem.status == SyncItemStatus.ENQUEUED)
+                .group_by(SyncItem.store_id, SyncItem.esp)
+            )
+        }
+    claimed = 0
+    for store_id, esp in sorted(due):
+        room = min(limit - claimed, MAX_JOBS_IN_FLIGHT * largest_batch(esp) - in_flight.get((store_id, esp), 0))
+        if room > 0:
+            query = _due_query(now).where(SyncItem.store_id == store_id, SyncItem.esp == esp).limit(room)
+            claimed += _claim_and_send(db, query, now, send)
+    return claimed
+
+
+def _due_query(now: dt.datetime) -> sa.Select[int, int, str, str]:
     in_flight = aliased(SyncItem)
-    query = (
+    return (
         sa.select(SyncItem.id, SyncItem.store_id, SyncItem.esp, SyncItem.kind)
         .where(SyncItem.status == SyncItemStatus.PENDING, SyncItem.available_at <= now)
         .where(
@@ -89,9 +121,7 @@ def claim_due(db: Database, send: SendBatch, *, limit: int = CLAIM_LIMIT) -> int
             )
         )
         .order_by(SyncItem.id)
-        .limit(limit)
     )
-    return _claim_and_send(db, query, now, send)
 
 
 def sweep_stalled(db: Database, send: SendBatch, *, visibility_timeout: float) -> int:
