@@ -30,30 +30,24 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import platform
-import pstats
 import resource
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import httpx
-from _cpu import CLOCK_TICKS, CpuMeter, CpuUsage, _process_table, wait_for_quiet
+from _cpu import CpuMeter, CpuUsage, wait_for_quiet
 from _procs import (
     HOST,
     REPO,
     VENV_BIN,
-    BenchError,
     Proc,
     Processes,
     _run,
@@ -63,18 +57,28 @@ from _procs import (
     service_env,
     start_postgres,
     start_redis,
-    tail,
     wait_until,
     write_results,
 )
 from _sync_ceiling import OperationCeiling, operation_ceilings, phase_seconds
 from _sync_data import LoadStats, load, psycopg_url
+from _sync_harness import (
+    WARNINGS,
+    Line,
+    Requests,
+    Sample,
+    Sampler,
+    _terminate,
+    cpu_between,
+    line_table,
+    profile_summary,
+    run_sync,
+    sandbox_get,
+)
+from _sync_harness import code_digest as _code_digest
 
 API_KEY = "pk_bench_sync"
-#: Warning lines each process logged (name -> lines), reported with the figures.
-WARNINGS: dict[str, list[str]] = {}
 DEFAULT_TIME_SCALE = 0.5
-SAMPLE_INTERVAL = 0.25
 #: Operations of each phase of a full sync (connector/sync/full.py: contacts pages, then events pages).
 PHASES = {
     "contacts": (
@@ -106,37 +110,6 @@ class Plan:
 
 
 @dataclass
-class Sample:
-    t: float  # monotonic
-    cpu: dict[str, float]  # CPU seconds so far per component
-    run: dict[str, Any] | None  # the sync_runs row (processed, events_sent, requests, heartbeat_at, status)
-
-
-@dataclass
-class Requests:
-    """What the sandbox's request log says about one client's requests, per operation."""
-
-    by_operation: dict[str, dict[str, int]] = field(default_factory=dict)  # op -> {status: count}
-    throttled_after_first_window: int = 0
-    first: str | None = None
-    last: str | None = None
-    #: Each 429: the operation, its position among that operation's requests, its time, and the time of the
-    #: request that opened the steady window it fell in (the ``steady``-th accepted request before it).
-    throttled_detail: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def total(self) -> int:
-        return sum(sum(s.values()) for s in self.by_operation.values())
-
-    @property
-    def throttled(self) -> int:
-        return sum(s.get("429", 0) for s in self.by_operation.values())
-
-    def accepted(self, operation: str) -> int:
-        return sum(n for status, n in self.by_operation.get(operation, {}).items() if status != "429")
-
-
-@dataclass
 class Report:
     plan: Plan
     code_start: str
@@ -162,14 +135,7 @@ class Report:
 
 
 def code_digest() -> str:
-    digest = hashlib.sha256()
-    for root in MEASURED_CODE:
-        path = REPO / root
-        for file in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(file.relative_to(REPO).as_posix().encode())
-            digest.update(file.read_bytes())
-    revision = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO)
-    return f"{revision.stdout.strip()}+{digest.hexdigest()[:12]}"
+    return _code_digest(MEASURED_CODE)
 
 
 def start_sandbox(procs: Processes, plan: Plan) -> tuple[Proc, str]:
@@ -183,77 +149,6 @@ def start_sandbox(procs: Processes, plan: Plan) -> tuple[Proc, str]:
     return proc, url
 
 
-def tree_cpu_seconds(root: int, table: dict[int, tuple[int, int]], children: dict[int, list[int]]) -> float:
-    """CPU of a live process and its live descendants, plus what their exited children used (cutime)."""
-    total, todo, seen = 0, [root], set()
-    while todo:
-        pid = todo.pop()
-        if pid in seen or pid not in table:
-            continue
-        seen.add(pid)
-        total += table[pid][1]
-        todo.extend(children.get(pid, []))
-    return total / CLOCK_TICKS
-
-
-def _full_table() -> tuple[dict[int, tuple[int, int]], dict[int, list[int]]]:
-    """pid -> (ppid, utime + stime + cutime + cstime) and the children of each pid."""
-    table: dict[int, tuple[int, int]] = {}
-    for pid in _process_table():
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        table[pid] = (int(fields[1]), sum(int(f) for f in fields[11:15]))
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    return table, children
-
-
-class Sampler(threading.Thread):
-    """Every SAMPLE_INTERVAL: CPU seconds of each component and the latest sync_runs row."""
-
-    def __init__(self, database_url: str, store_id: int, components: dict[str, int]) -> None:
-        super().__init__(daemon=True)
-        import psycopg
-
-        self.conn = psycopg.connect(psycopg_url(database_url), autocommit=True)
-        self.store_id = store_id
-        self.components = components
-        self.samples: list[Sample] = []
-        self.stopped = threading.Event()
-
-    def watch(self, name: str, pid: int) -> None:
-        self.components = {**self.components, name: pid}
-
-    def sample(self) -> Sample:
-        table, children = _full_table()
-        cpu = {name: tree_cpu_seconds(pid, table, children) for name, pid in self.components.items() if pid in table}
-        row = self.conn.execute(
-            "SELECT id, processed, total, events_sent, requests, heartbeat_at, status FROM sync_runs "
-            "WHERE store_id = %s ORDER BY id DESC LIMIT 1",
-            (self.store_id,),
-        ).fetchone()
-        run = None
-        if row is not None:
-            keys = ("id", "processed", "total", "events_sent", "requests", "heartbeat_at", "status")
-            run = dict(zip(keys, row, strict=True))
-        sample = Sample(time.monotonic(), cpu, run)
-        self.samples.append(sample)
-        return sample
-
-    def run(self) -> None:
-        while not self.stopped.wait(SAMPLE_INTERVAL):
-            self.sample()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.join(10)
-        self.sample()
-        self.conn.close()
-
-
 # ------------------------------------------------------------------------------------------ the sync
 
 
@@ -262,49 +157,6 @@ def sync_argv(plan: Plan, profile_path: Path | None) -> list[str]:
     if profile_path is not None:
         return [sys.executable, "-m", "cProfile", "-o", str(profile_path), "-m", "web.cli", *cli]
     return [str(VENV_BIN / "espbridge"), *cli]
-
-
-def run_sync(
-    procs: Processes,
-    env: dict[str, str],
-    argv: list[str],
-    timeout: float,
-    name: str,
-    on_start: Callable[[int], None] | None = None,
-) -> tuple[Any, float]:
-    """Run a process that prints JSON to its end (bounded by ``timeout``); returns the JSON and the wall time."""
-    out, err = procs.workdir / f"{name}.out", procs.workdir / f"{name}.err"
-    started = time.monotonic()
-    with out.open("wb") as stdout, err.open("wb") as stderr:
-        popen = subprocess.Popen(
-            argv, cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, start_new_session=True
-        )
-    proc = Proc(name=name, popen=popen, log=err)
-    procs.started.append(proc)
-    if on_start is not None:
-        on_start(popen.pid)
-    try:
-        popen.wait(timeout)
-    except subprocess.TimeoutExpired:
-        procs.stop(proc)
-        raise BenchError(f"{name} still running after {timeout:.0f} s\n{tail(err)}") from None
-    wall = time.monotonic() - started
-    procs.stop(proc)
-    warnings = [line for line in err.read_text(errors="replace").splitlines() if " WARNING " in line or "Error" in line]
-    if warnings:
-        print(f"  {name} logged {len(warnings)} warning(s); the first: {warnings[0][:300]}", flush=True)
-    WARNINGS[name] = warnings[:50]
-    text = out.read_text()
-    try:
-        return json.loads(text), wall
-    except ValueError:
-        raise BenchError(f"{name} exited {popen.returncode} without JSON\n{text[-2000:]}\n{tail(err)}") from None
-
-
-def sandbox_get(url: str, path: str, timeout: float = 300.0) -> Any:
-    response = httpx.get(f"{url}{path}", timeout=timeout)
-    response.raise_for_status()
-    return response.json()
 
 
 def sandbox_reset(url: str) -> None:
@@ -395,17 +247,6 @@ def phase_times(samples: Sequence[Sample], result: dict[str, Any]) -> tuple[dict
     }, boundary_t
 
 
-def cpu_between(samples: Sequence[Sample], t0: float, t1: float) -> dict[str, float]:
-    """CPU seconds per component between the samples nearest t0 and t1 (for a process that exited before
-    t1, its last sample: the sync's final fraction of a sample interval is not counted here)."""
-    before = min(samples, key=lambda s: abs(s.t - t0))
-    out = {}
-    for name in {name for s in samples for name in s.cpu}:
-        after = min((s for s in samples if name in s.cpu), key=lambda s: abs(s.t - t1))
-        out[name] = after.cpu[name] - before.cpu.get(name, 0.0)  # a process started after t0 counts from 0
-    return out
-
-
 def measured_sync(procs: Processes, plan: Plan, report: Report, env: dict[str, str], ctx: dict[str, Any]) -> None:
     components = {"sandbox": ctx["sandbox"].popen.pid, "postgres": ctx["postgres"], "redis": ctx["redis"]}
     sampler = Sampler(env["ESPBRIDGE_DATABASE_URL"], ctx["store_id"], components)
@@ -442,16 +283,6 @@ def measured_sync(procs: Processes, plan: Plan, report: Report, env: dict[str, s
         report.phase_cpu["events"] = cpu_between(sampler.samples, boundary, t1)
     if profile_path is not None and profile_path.exists():
         report.profile_top = profile_summary(profile_path)
-
-
-def profile_summary(path: Path, top: int = 30) -> list[str]:
-    import io
-
-    stream = io.StringIO()
-    stats = pstats.Stats(str(path), stream=stream)
-    stats.sort_stats("cumulative").print_stats(top)
-    stats.sort_stats("tottime").print_stats(top)
-    return stream.getvalue().splitlines()
 
 
 def ceiling_for(requests: dict[str, int], time_scale: float) -> float:
@@ -560,19 +391,6 @@ def connect_store(
 # ------------------------------------------------------------------------------------------ reporting
 
 
-@dataclass(frozen=True)
-class Line:
-    what: str
-    items: int
-    requests: int
-    seconds: float
-    ceiling: float
-
-    @property
-    def share(self) -> float | None:
-        return self.ceiling / self.seconds if self.seconds > 0 else None
-
-
 def sync_lines(report: Report) -> tuple[list[Line], list[OperationCeiling]]:
     from connector.esp.klaviyo import RATE_LIMITS
 
@@ -611,30 +429,6 @@ def peer_lines(report: Report) -> tuple[list[Line], list[OperationCeiling]]:
         lines.append(Line(phase, items, sent, seconds, phase_seconds(per_op)))
     lines.append(Line("whole run", 0, requests.total, peer["seconds"], sum(line.ceiling for line in lines)))
     return lines, ceilings
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.0%}"
-
-
-def line_table(lines: Sequence[Line], requests: Requests | None, label: str) -> list[str]:
-    out = [
-        f"| {label:<10} | items | requests | seconds | ceiling s | req/s | ceiling req/s | items/s | "
-        "ceiling items/s | % of ceiling |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for line in lines:
-        rate = line.requests / line.seconds if line.seconds else 0.0
-        ceiling_rate = line.requests / line.ceiling if line.ceiling else None
-        items_rate = line.items / line.seconds if line.items and line.seconds else None
-        ceiling_items = line.items / line.ceiling if line.items and line.ceiling else None
-        out.append(
-            f"| {line.what:<10} | {line.items:,} | {line.requests:,} | {line.seconds:.1f} | {line.ceiling:.1f} | "
-            f"{rate:.2f} | {'-' if ceiling_rate is None else f'{ceiling_rate:.2f}'} | "
-            f"{'-' if items_rate is None else f'{items_rate:,.0f}'} | "
-            f"{'-' if ceiling_items is None else f'{ceiling_items:,.0f}'} | {_pct(line.share)} |"
-        )
-    return out
 
 
 def operations_table(ceilings: Sequence[OperationCeiling], requests: Requests) -> list[str]:
@@ -738,7 +532,7 @@ def render(report: Report) -> str:
             f"{s['rejected']}, failed {s['failed']}, skipped {s['skipped']}), events sent {s['events_sent']:,}, "
             f"requests {s['requests']:,}; process wall {report.sync_wall:.1f} s",
             "",
-            *line_table(lines, report.requests, "espbridge"),
+            *line_table(lines, "espbridge"),
             "",
             *operations_table(ceilings, report.requests),
             "",
@@ -774,7 +568,7 @@ def render(report: Report) -> str:
             f"peer: klaviyo-api SDK (max_retries={p['max_retries']}, max_delay={p['max_delay']}), a subset: the first "
             f"{p['profiles']:,} profiles and the first {p['events']:,} events; failed requests {p['failed_requests']}",
             "",
-            *line_table(peer, report.peer_requests, "peer (SDK)"),
+            *line_table(peer, "peer (SDK)"),
             "",
             *operations_table(peer_ceilings, report.peer_requests),
             "",
@@ -865,10 +659,6 @@ def parse_args(argv: Sequence[str]) -> Plan:
         not args.no_verify,
         max(0.0, args.quiet_wait),
     )
-
-
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
