@@ -719,9 +719,8 @@ def test_espbridge_sandbox_passes_job_delay(monkeypatch: pytest.MonkeyPatch) -> 
     from click.testing import CliRunner
 
     import connector.sandbox
-    from web.cli import main
-
     from connector.sandbox import Sandbox
+    from web.cli import main
 
     started: list[Sandbox] = []
 
