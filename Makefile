@@ -30,9 +30,12 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sdk.py
 
-.PHONY: bench-sync
+.PHONY: bench-sync bench-sync-ac
 bench-sync: system-deps $(STAMP)
 	$(BIN)/python bench/sync_klaviyo.py
+
+bench-sync-ac: system-deps $(STAMP)
+	$(BIN)/python bench/sync_activecampaign.py
 
 system-deps:
 	scripts/install-system-deps.sh

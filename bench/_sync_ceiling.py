@@ -16,6 +16,13 @@ Operations have separate budgets, so within a phase whose operations could run s
 ceiling is its slowest operation's T; a full sync's phases run one after the other (contacts with their
 consent, then events), so the sync's ceiling time is the sum over its phases. The achieved share of the
 ceiling is ceiling time / measured time (= achieved rate / ceiling rate, for requests, profiles or events).
+
+ActiveCampaign (ESP_NOTES.md §2.1, §3) has ONE budget for the whole account: 5 requests per 1 s window, every
+``/api/3`` request counted, no burst documented; the bulk importer also 100 multi-contact requests per minute,
+inside the 5/s. The least time for n account requests is the 1 s windows they fill, A(n) = 1 s · ⌈n / 5⌉ / S.
+A bulk import of k requests is the same T(k) as above with B = 5 (the account window) and M = 100, and every
+other request the flow needs (status polls) shares the 5/s, so the bulk path's ceiling is the larger of the two
+lower bounds: max(T(k; 5, 100), A(k + polls)) / S (``bulk_import_seconds``).
 """
 
 from __future__ import annotations
@@ -72,6 +79,25 @@ def simulate_seconds(n: int, burst: int, steady: int, time_scale: float = 1.0) -
             w[3] += 1
     # The burst window of the last request is the one that closes last.
     return windows[0][2] + windows[0][0]
+
+
+#: ActiveCampaign's documented limits: requests per 1 s window for the account, multi-contact bulk imports per 60 s.
+AC_ACCOUNT_PER_SECOND = 5
+AC_BULK_PER_MINUTE = 100
+
+
+def account_seconds(n: int, per_second: int = AC_ACCOUNT_PER_SECOND, time_scale: float = 1.0) -> float:
+    """A(n): the fixed 1 s windows ``n`` requests of one account budget fill at the least, divided by the scale."""
+    return BURST_SECONDS * math.ceil(max(n, 0) / per_second) / time_scale
+
+
+def bulk_import_seconds(imports: int, other_requests: int, time_scale: float = 1.0) -> float:
+    """ActiveCampaign's bulk path: ``imports`` multi-contact bulk imports (100/min, inside the 5/s) and
+    ``other_requests`` more requests of the same account budget (status polls): the larger lower bound."""
+    return max(
+        min_seconds(imports, AC_ACCOUNT_PER_SECOND, AC_BULK_PER_MINUTE, time_scale),
+        account_seconds(imports + other_requests, AC_ACCOUNT_PER_SECOND, time_scale),
+    )
 
 
 def operation_ceilings(
