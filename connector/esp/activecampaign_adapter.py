@@ -45,10 +45,10 @@ from ..commerce import OrderProperties
 from ..store import Channel, ConsentStatus, Contact
 from .activecampaign import MAX_EVENT_NAME, AcContact, ActiveCampaignClient, is_duplicate
 from .base import AbandonedCart, ConsentChange, Outcome, TrackedEvent
-from .errors import Accepted, EspError, Permanent, RateLimited, Rejected, Transient
+from .batches import MAX_REJECTION_ROUNDS as MAX_REJECTION_ROUNDS
+from .batches import mark_failed, send_resilient
+from .errors import Accepted, EspError, Permanent, Rejected, Transient
 
-#: Rounds of "drop the rejected records, send the rest" before giving up on a batch.
-MAX_REJECTION_ROUNDS = 5
 #: Contact columns a ``field_map`` key may name (anything else is a contact property).
 CONTACT_COLUMNS = ("external_id", "timezone", "locale")
 ORDER_EVENT = "Order Completed"
@@ -254,7 +254,7 @@ class ActiveCampaignAdapter:
         def send(chunk: list[int]) -> list[Accepted]:
             return self.client.bulk_import([items[i] for i in chunk])
 
-        for accepted, chunk in self._send_resilient(list(items), send, outcome):
+        for accepted, chunk in send_resilient(list(items), send, outcome, pause=self._pause):
             if accepted.job_id is None:
                 continue
             try:
@@ -439,14 +439,7 @@ class ActiveCampaignAdapter:
         connection_id = self._connection(contact.store_id)
         customer_id = self._customer(connection_id, email)
         lines = [
-            {
-                "externalid": line.product_id,
-                "name": line.name or line.product_id,
-                "price": line.price or 0,
-                "quantity": line.quantity,
-                **({"sku": line.sku} if line.sku else {}),
-                **({"category": line.category} if line.category else {}),
-            }
+            _order_product(line.product_id, line.name, line.price, line.quantity, line.sku, line.category)
             for line in props.products
         ]
         lines_total = sum((line.price or 0) * line.quantity for line in props.products)
@@ -531,14 +524,7 @@ class ActiveCampaignAdapter:
         customer_id = self._customer(connection_id, email)
         checkout = cart.cart_id or f"cart-{cart.id}"
         lines = [
-            {
-                "externalid": item.product_id,
-                "name": item.name or item.product_id,
-                "price": item.price_cents or 0,
-                "quantity": item.quantity,
-                **({"sku": item.sku} if item.sku else {}),
-                **({"category": item.category} if item.category else {}),
-            }
+            _order_product(item.product_id, item.name, item.price_cents, item.quantity, item.sku, item.category)
             for item in abandoned.items
         ]
         order: dict[str, Any] = {
@@ -677,42 +663,8 @@ class ActiveCampaignAdapter:
 
     # plumbing
 
-    def _send_resilient(
-        self, indexes: list[int], send: Callable[[list[int]], list[Accepted]], outcome: Outcome
-    ) -> list[tuple[Accepted, list[int]]]:
-        """Send ``indexes``; records AC rejects by index are dropped and the rest sent again. Returns each accepted
-        request with the input indexes it covered; anything else failing marks the rest failed."""
-        sent: list[tuple[Accepted, list[int]]] = []
-        remaining = indexes
-        for _ in range(MAX_REJECTION_ROUNDS):
-            if not remaining:
-                return sent
-            try:
-                accepted = send(remaining)
-            except EspError as error:
-                covered: set[int] = set()
-                for item in error.accepted:
-                    span = range(item.offset, item.offset + item.count)
-                    covered.update(span)
-                    sent.append((item, [remaining[p] for p in span]))
-                if not isinstance(error, Rejected):
-                    self._failed(outcome, [remaining[p] for p in range(len(remaining)) if p not in covered], error)
-                    return sent
-                refused = {r.index for r in error.records}
-                for record in error.records:
-                    if record.index < len(remaining):
-                        outcome.rejected[remaining[record.index]] = record.detail
-                remaining = [remaining[p] for p in range(len(remaining)) if p not in covered and p not in refused]
-                continue
-            sent += [(item, remaining[item.offset : item.offset + item.count]) for item in accepted]
-            return sent
-        self._failed(outcome, remaining, Permanent(f"still rejecting records after {MAX_REJECTION_ROUNDS} rounds"))
-        return sent
-
     def _failed(self, outcome: Outcome, indexes: Sequence[int], error: EspError) -> None:
-        if isinstance(error, RateLimited) and error.retry_after and self._pause is not None and error.operation:
-            self._pause(error.operation, error.retry_after)
-        outcome.fail(indexes, error)
+        mark_failed(outcome, indexes, error, self._pause)
 
 
 # --- helpers ---------------------------------------------------------------------------------------------------------
@@ -758,6 +710,20 @@ def event_data(properties: Mapping[str, Any], message_id: str | None = None) -> 
             break
         data = trial
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False) if data else None
+
+
+def _order_product(
+    product_id: str, name: str | None, price: int | None, quantity: int, sku: str | None, category: str | None
+) -> dict[str, Any]:
+    """One line of a Deep Data order's ``orderProducts`` (an order's product line or a cart's item)."""
+    return {
+        "externalid": product_id,
+        "name": name or product_id,
+        "price": price or 0,
+        "quantity": quantity,
+        **({"sku": sku} if sku else {}),
+        **({"category": category} if category else {}),
+    }
 
 
 def _names_checkout(error: EspError) -> bool:

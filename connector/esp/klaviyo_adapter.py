@@ -17,11 +17,10 @@ from collections.abc import Callable, Sequence
 from ..errors import InvalidInput
 from ..store import Contact
 from .base import AbandonedCart, ConsentChange, Outcome, TrackedEvent
-from .errors import Accepted, EspError, Permanent, RateLimited, Rejected, Transient
+from .batches import MAX_REJECTION_ROUNDS as MAX_REJECTION_ROUNDS
+from .batches import mark_failed, send_resilient
+from .errors import Accepted, EspError, Rejected, Transient
 from .klaviyo import ConsentUpdate, KlaviyoClient, KlaviyoEvent, KlaviyoProfile, ProfileMapping, plan_consent
-
-#: Rounds of "drop the rejected records, send the rest" before giving up on a batch.
-MAX_REJECTION_ROUNDS = 5
 
 
 class KlaviyoAdapter:
@@ -124,8 +123,11 @@ class KlaviyoAdapter:
         return outcome
 
     def _bulk_profiles(self, profiles: dict[int, KlaviyoProfile], outcome: Outcome) -> None:
-        sent = self._send_resilient(
-            list(profiles), lambda chunk: self.client.bulk_import_profiles([profiles[i] for i in chunk]), outcome
+        sent = send_resilient(
+            list(profiles),
+            lambda chunk: self.client.bulk_import_profiles([profiles[i] for i in chunk]),
+            outcome,
+            pause=self._pause,
         )
         for accepted, chunk in sent:
             if accepted.job_id is None:
@@ -193,7 +195,7 @@ class KlaviyoAdapter:
         def send(chunk: list[int]) -> list[Accepted]:
             return list(self.client.bulk_create_events([mapped[i] for i in chunk]).accepted)
 
-        self._send_resilient(indexes, send, outcome)
+        send_resilient(indexes, send, outcome, pause=self._pause)
         return outcome
 
     # consent
@@ -232,7 +234,7 @@ class KlaviyoAdapter:
         # Withdrawals first: if the account's budget runs out mid-way, the unsubscribes are the ones that went.
         for key in ("suppress", "unsubscribe", "historical", "subscribe"):
             if groups[key]:
-                self._send_resilient(groups[key], calls[key], outcome)
+                send_resilient(groups[key], calls[key], outcome, pause=self._pause)
         return outcome
 
     # carts and erasure
@@ -267,43 +269,5 @@ class KlaviyoAdapter:
 
     # plumbing
 
-    def _send_resilient(
-        self, indexes: list[int], send: Callable[[list[int]], list[Accepted]], outcome: Outcome
-    ) -> list[tuple[Accepted, list[int]]]:
-        """Send ``indexes``; records Klaviyo rejects by name are dropped and the rest sent again.
-
-        Returns each accepted request with the input indexes it covered. Whatever fails otherwise is marked
-        failed in ``outcome`` with the error (the engine decides about retries).
-        """
-        sent: list[tuple[Accepted, list[int]]] = []
-        remaining = indexes
-        for _ in range(MAX_REJECTION_ROUNDS):
-            if not remaining:
-                return sent
-            try:
-                accepted = send(remaining)
-            except EspError as error:
-                outcome.requests += len(error.accepted) + 1
-                covered: set[int] = set()
-                for item in error.accepted:
-                    span = range(item.offset, item.offset + item.count)
-                    covered.update(span)
-                    sent.append((item, [remaining[p] for p in span]))
-                if not isinstance(error, Rejected):
-                    self._failed(outcome, [remaining[p] for p in range(len(remaining)) if p not in covered], error)
-                    return sent
-                refused = {r.index for r in error.records}
-                for record in error.records:
-                    outcome.rejected[remaining[record.index]] = record.detail
-                remaining = [remaining[p] for p in range(len(remaining)) if p not in covered and p not in refused]
-                continue
-            outcome.requests += len(accepted)
-            sent += [(item, remaining[item.offset : item.offset + item.count]) for item in accepted]
-            return sent
-        self._failed(outcome, remaining, Permanent(f"still rejecting records after {MAX_REJECTION_ROUNDS} rounds"))
-        return sent
-
     def _failed(self, outcome: Outcome, indexes: Sequence[int], error: EspError) -> None:
-        if isinstance(error, RateLimited) and error.retry_after and self._pause is not None and error.operation:
-            self._pause(error.operation, error.retry_after)
-        outcome.fail(indexes, error)
+        mark_failed(outcome, indexes, error, self._pause)
