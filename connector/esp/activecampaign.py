@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -43,6 +42,7 @@ from .errors import (
     parse_retry_after,
     with_accepted,
 )
+from .http import http_client, send_request
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,6 @@ class ActiveCampaignClient:
             raise InvalidInput("api_token", "empty")
         if not base_url:
             raise InvalidInput("base_url", "required: the account's own API URL")
-        if timeout is None:
-            raise InvalidInput("timeout", "must be set")
         root = base_url.rstrip("/")
         if root.endswith(API):
             root = root[: -len(API)]
@@ -211,11 +209,8 @@ class ActiveCampaignClient:
         self._limiter = limiter
         #: Requests sent so far (adapters report per-call counts from it).
         self.requests = 0
-        self._http = httpx.Client(
-            base_url=root,
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
-            transport=transport,
-            headers={"Accept": "application/json"},
+        self._http = http_client(
+            base_url=root, timeout=timeout, transport=transport, headers={"Accept": "application/json"}
         )
 
     def __repr__(self) -> str:
@@ -540,17 +535,17 @@ class ActiveCampaignClient:
             self._limiter(operation)
         self.requests += 1
         where = f"{method} {_path(url)}"
-        started = time.monotonic()
-        try:
-            response = self._http.request(method, url, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise Transient(f"{where}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise Transient(f"{where}: {type(exc).__name__}") from None
-        log.debug(
-            "activecampaign %s -> %s in %.0f ms", where, response.status_code, (time.monotonic() - started) * 1000
+        return send_request(
+            self._http,
+            method,
+            url,
+            content=content,
+            headers=headers,
+            where=where,
+            log=log,
+            esp="activecampaign",
+            error_detail=False,
         )
-        return response
 
 
 # --- error mapping: the one place HTTP failures become our errors ---------------------------------------------------

@@ -21,7 +21,6 @@ import functools
 import json
 import logging
 import re
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -44,6 +43,7 @@ from .errors import (
     parse_retry_after,
     with_accepted,
 )
+from .http import http_client, send_request
 
 log = logging.getLogger(__name__)
 
@@ -324,13 +324,11 @@ class KlaviyoClient:
     ) -> None:
         if not api_key:
             raise InvalidInput("api_key", "empty")
-        if timeout is None:
-            raise InvalidInput("timeout", "must be set")
         self.revision = revision
         self._limiter = limiter
-        self._http = httpx.Client(
+        self._http = http_client(
             base_url=base_url,
-            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            timeout=timeout,
             transport=transport,
             headers={
                 "Authorization": f"Klaviyo-API-Key {api_key}",
@@ -688,19 +686,9 @@ class KlaviyoClient:
         if body is not None:
             content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
             headers["Content-Type"] = MEDIA_TYPE
-        started = time.monotonic()
-        try:
-            response = self._http.request(method, path, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise Transient(f"{method} {_path(path)}: timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
-            raise Transient(f"{method} {_path(path)}: {type(exc).__name__}: {exc}") from None
-        log.debug(
-            "klaviyo %s %s -> %s in %.0f ms",
-            method,
-            _path(path),
-            response.status_code,
-            (time.monotonic() - started) * 1000,
+        where = f"{method} {_path(path)}"
+        response = send_request(
+            self._http, method, path, content=content, headers=headers, where=where, log=log, esp="klaviyo"
         )
         if response.is_success:
             return response
