@@ -69,6 +69,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from .common import apply_faults, count_by_operation, json_or_text, request_entry, roll_faults
 from .ratelimit import FixedWindowLimiter, retry_after_header
 from .spec import RateLimit, _schema_error
 
@@ -379,10 +380,7 @@ class ActiveCampaignSandbox:
     def state(self) -> dict[str, Any]:
         with self._lock:
             self._advance_batches()
-            by_operation: dict[str, int] = {}
-            for entry in self.requests:
-                key = entry["operation"] or "unrouted"
-                by_operation[key] = by_operation.get(key, 0) + 1
+            by_operation = count_by_operation(self.requests)
             return {
                 "sandbox": "activecampaign",
                 "contacts": [self._contact_doc(c) for c in self.contacts.values()],
@@ -441,20 +439,8 @@ class ActiveCampaignSandbox:
             body = {k: ("<redacted>" if k == "key" else v) for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
             body = {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in body.items()}
         else:
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw.decode("utf-8", "replace")
-        entry = {
-            "time": _now(),
-            "operation": operation,
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string.decode(),
-            "headers": {k: v for k, v in request.headers.items() if k.lower() != "api-token"},
-            "body": body,
-            "status": None,
-        }
+            body = json_or_text(raw)
+        entry = request_entry(request, operation, body, secret_header="api-token")
         with self._lock:
             self.requests.append(entry)
         return entry
@@ -482,22 +468,17 @@ class ActiveCampaignSandbox:
     def _inject_faults(self, operation: str) -> None:
         with self._lock:
             faults = self.faults
-            if faults.operations is not None and operation not in faults.operations:
+            rolled = roll_faults(faults, operation, self._dice)
+            if rolled is None:
                 return
-            storm = faults.storm_429 > 0
-            if storm:
-                self.faults = faults.model_copy(update={"storm_429": faults.storm_429 - 1})
-            fail = self._dice.random() < faults.error_rate
-            hold = self._dice.random() < faults.timeout_rate
-        if faults.slow_seconds:
-            time.sleep(faults.slow_seconds)
-        if storm:
-            raise _throttled(float(faults.storm_retry_after))
-        if hold:
-            time.sleep(faults.timeout_seconds)
-            raise AcError(504, {"message": "Sandbox fault: request held, then timed out."})
-        if fail:
-            raise AcError(faults.error_status, {"message": "Sandbox fault: injected server error."})
+            self.faults, roll = rolled
+        apply_faults(
+            faults,
+            roll,
+            throttled=_throttled,
+            held=lambda: AcError(504, {"message": "Sandbox fault: request held, then timed out."}),
+            failed=lambda status: AcError(status, {"message": "Sandbox fault: injected server error."}),
+        )
 
     def _rejecting(self, operation: str) -> AcReject | None:
         faults = self.faults

@@ -63,6 +63,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from .common import apply_faults, count_by_operation, json_or_text, request_entry, roll_faults
 from .ratelimit import FixedWindowLimiter, retry_after_header
 from .spec import Operation, load_operations, spec_revision
 
@@ -442,10 +443,7 @@ class KlaviyoSandbox:
             subscriptions = {p.id: dict(p.consent) for p in self.profiles.values() if p.consent}
             suppressions = {p.id: sorted(p.suppressions) for p in self.profiles.values() if p.suppressions}
             lists = {lid: {**lst, "members": sorted(lst["members"])} for lid, lst in self.lists.items()}
-            by_operation: dict[str, int] = {}
-            for entry in self.requests:
-                key = entry["operation"] or "unrouted"
-                by_operation[key] = by_operation.get(key, 0) + 1
+            by_operation = count_by_operation(self.requests)
             return {
                 "sandbox": "klaviyo",
                 "profiles": [p.resource(with_subscriptions=True) for p in self.profiles.values()],
@@ -500,21 +498,8 @@ class KlaviyoSandbox:
         return response
 
     def _capture(self, request: Request, operation: str) -> dict[str, Any]:
-        raw = request.get_data(cache=True)
-        try:
-            body: Any = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw.decode("utf-8", "replace")
-        entry = {
-            "time": _now(),
-            "operation": operation,
-            "method": request.method,
-            "path": request.path,
-            "query": request.query_string.decode(),
-            "headers": {k: v for k, v in request.headers.items() if k.lower() != "authorization"},
-            "body": body,
-            "status": None,
-        }
+        body = json_or_text(request.get_data(cache=True))
+        entry = request_entry(request, operation, body, secret_header="authorization")
         with self._lock:
             self.requests.append(entry)
         return entry
@@ -568,24 +553,19 @@ class KlaviyoSandbox:
     def _inject_faults(self, op: Operation) -> None:
         with self._lock:
             faults = self.faults
-            if faults.operations is not None and op.operation_id not in faults.operations:
+            rolled = roll_faults(faults, op.operation_id, self._dice)
+            if rolled is None:
                 return
-            storm = faults.storm_429 > 0
-            if storm:
-                self.faults = faults.model_copy(update={"storm_429": faults.storm_429 - 1})
-            fail = self._dice.random() < faults.error_rate
-            hold = self._dice.random() < faults.timeout_rate
-        if faults.slow_seconds:
-            time.sleep(faults.slow_seconds)
-        if storm:
-            raise _throttled(float(faults.storm_retry_after))
-        if hold:
-            time.sleep(faults.timeout_seconds)
-            raise ApiError(504, "timeout", "Gateway timeout.", "Sandbox fault: request held, then timed out.")
-        if fail:
-            raise ApiError(
-                faults.error_status, "error", "A server error occurred.", "Sandbox fault: injected server error."
-            )
+            self.faults, roll = rolled
+        apply_faults(
+            faults,
+            roll,
+            throttled=_throttled,
+            held=lambda: ApiError(504, "timeout", "Gateway timeout.", "Sandbox fault: request held, then timed out."),
+            failed=lambda status: ApiError(
+                status, "error", "A server error occurred.", "Sandbox fault: injected server error."
+            ),
+        )
 
     def _rejecting(self, operation: str) -> Reject | None:
         """The ``reject`` fault when it applies to ``operation``."""
