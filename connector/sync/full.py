@@ -217,9 +217,14 @@ class FullSync:
                 for r in consent_rows
                 if r.contact_id in by_contact
             ]
-            outcome = self._with_retries(
-                lambda: self.adapter.upsert_profiles(changed, bulk=True, consents=consent_changes)
-            )
+
+            def upsert(indexes: Sequence[int]) -> Outcome:
+                batch = [changed[i] for i in indexes]
+                ids = {c.id for c in batch}
+                consents = [c for c in consent_changes if c.contact.id in ids]
+                return self.adapter.upsert_profiles(batch, bulk=True, consents=consents)
+
+            outcome = self._with_retries(len(changed), upsert)
             requests = outcome.requests
             for index, contact in enumerate(changed):
                 if index in outcome.rejected:
@@ -295,7 +300,9 @@ class FullSync:
             sendable = {c.id for c in contacts.values() if self.adapter.fingerprint(c, {}) is not None}
             sent = sum(1 for t in tracked if t.contact.id in sendable)
         elif tracked:
-            outcome = self._with_retries(lambda: self.adapter.send_events(tracked, backfill=True))
+            outcome = self._with_retries(
+                len(tracked), lambda indexes: self.adapter.send_events([tracked[i] for i in indexes], backfill=True)
+            )
             requests = outcome.requests
             failed = len(outcome.failed) + len(outcome.rejected)
             sent = len(tracked) - failed - len(outcome.skipped)
@@ -314,17 +321,35 @@ class FullSync:
 
     # plumbing
 
-    def _with_retries(self, call: Callable[[], Outcome]) -> Outcome:
-        """A page whose requests failed transiently is tried again (each attempt resends only idempotent
-        upserts and unique_id'd events); permanent failures are returned as they are, and counted."""
+    def _with_retries(self, count: int, send: Callable[[Sequence[int]], Outcome]) -> Outcome:
+        """Send records ``0..count-1`` with ``send(indexes)``; records that failed transiently are sent again,
+        alone, with backoff (what went through is never resent: with one request per contact, resending a whole
+        page per 429 would cost thousands of requests). Permanent failures are returned as they are, and counted.
+        The result is indexed like the input."""
+        merged = Outcome()
+        pending = list(range(count))
         for attempt in range(1, PAGE_ATTEMPTS + 1):
-            outcome = call()
+            outcome = send(pending)
+            merged.requests += outcome.requests
+            failed: list[int] = []
+            for position, index in enumerate(pending):
+                if position in outcome.rejected:
+                    merged.rejected[index] = outcome.rejected[position]
+                elif position in outcome.skipped:
+                    merged.skipped[index] = outcome.skipped[position]
+                elif position in outcome.failed:
+                    failed.append(index)
+                elif position in outcome.remote_ids:
+                    merged.remote_ids[index] = outcome.remote_ids[position]
             error = outcome.error
-            if not outcome.failed or error is None or not error.retryable or attempt == PAGE_ATTEMPTS:
-                return outcome
+            if not failed or error is None or not error.retryable or attempt == PAGE_ATTEMPTS:
+                if failed and error is not None:
+                    merged.fail(failed, error)
+                return merged
+            pending = failed
             retry_after = getattr(error, "retry_after", None)
             delay = retry_after if retry_after is not None else min(60.0, 2.0**attempt)
-            log.warning("full sync %s: %s; page retried in %.1f s", self.run_id, error, delay)
+            log.warning("full sync %s: %s; %d records sent again in %.1f s", self.run_id, error, len(failed), delay)
             self._sleep(delay)
         raise AssertionError("unreachable")
 

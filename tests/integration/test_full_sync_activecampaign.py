@@ -7,15 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
+from connector.credentials import CredentialCipher
+from connector.esp import connections
 from connector.esp.base import EspAdapter
 from connector.jobs.tasks import Jobs
 from connector.sandbox.activecampaign import ActiveCampaignSandbox
 from connector.settings import Settings
 from connector.store import Database, SyncRun, SyncRunStatus
+from connector.sync.adapters import AdapterOptions, build_adapter
 from connector.sync.full import FullSync, FullSyncOptions, start
 from connector.tenancy import NewStore
 from tests.conftest import post_messages, project_all, track
@@ -127,3 +131,36 @@ def test_a_full_sync_never_resubscribes_someone_who_unsubscribed_at_activecampai
 @pytest.fixture(autouse=True)
 def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level("WARNING")
+
+
+class FailOnce(httpx.BaseTransport):
+    """The in-process sandbox, except that the ``nth`` contact/sync request is answered 503 (it never arrives)."""
+
+    def __init__(self, app: ActiveCampaignSandbox, nth: int) -> None:
+        self.inner = httpx.WSGITransport(app=app)
+        self.nth = nth
+        self.seen = 0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/contact/sync"):
+            self.seen += 1
+            if self.seen == self.nth:
+                return httpx.Response(503, json={}, request=request)
+        return self.inner.handle_request(request)
+
+
+def test_a_transient_failure_mid_page_resends_only_what_failed(
+    client: FlaskClient, db: Database, store: NewStore, settings: Settings, sandbox: ActiveCampaignSandbox
+) -> None:
+    seed(client, db, store)
+    connect(db, settings, store, sandbox, full_sync_method="contact_sync")
+    transport = FailOnce(sandbox, nth=11)
+    with db.reader() as session:
+        connection = connections.load(session, CredentialCipher(settings.credentials_key), store.id, "activecampaign")
+    adapter = build_adapter(connection, AdapterOptions(transport=transport))
+    run_id = start(db, store.id, "activecampaign", FullSyncOptions())
+    run = FullSync(db, adapter, run_id, sleep=lambda _seconds: None).run()
+    # Every contact arrived, once: the ten before the 503 were not sent again, only the one that failed and after
+    assert (run.status, run.created, run.failed) == (SyncRunStatus.DONE, CONTACTS, 0)
+    assert operations(sandbox)["sync_contact"] == CONTACTS
+    assert transport.seen == CONTACTS + 1
