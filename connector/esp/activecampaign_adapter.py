@@ -477,25 +477,25 @@ class ActiveCampaignAdapter:
     def _connection(self, store_id: int) -> str:
         if self._connection_id is None:
             externalid = f"store-{store_id}"
-            found = self.client.find_connection(SERVICE, externalid)
-            if found is None:
-                found = self.client.create_connection(
+            self._connection_id = _find_or_create(
+                lambda: self.client.find_connection(SERVICE, externalid),
+                lambda: self.client.create_connection(
                     service=SERVICE,
                     externalid=externalid,
                     name=self.ecom_connection,
                     logo_url=LOGO_URL,
                     link_url=LINK_URL,
-                )
-            self._connection_id = found
+                ),
+            )
         return self._connection_id
 
     def _customer(self, connection_id: str, email: str) -> str:
         key = email.lower()
         if key not in self._customers:
-            found = self.client.find_customer(connection_id, email)
-            if found is None:
-                found = self.client.create_customer(connection_id, externalid=key, email=email)
-            self._customers[key] = found
+            self._customers[key] = _find_or_create(
+                lambda: self.client.find_customer(connection_id, email),
+                lambda: self.client.create_customer(connection_id, externalid=key, email=email),
+            )
         return self._customers[key]
 
     # carts
@@ -740,3 +740,20 @@ def _iso(value: dt.datetime) -> str:
 
 def _num(value: str) -> int | str:
     return int(value) if value.isdigit() else value
+
+
+def _find_or_create(find: Callable[[], str | None], create: Callable[[], str]) -> str:
+    """The id of an object found, or created. Another worker may create it between our look and our create
+    (two first orders at once): ActiveCampaign's duplicate error then means "look again", not a refusal."""
+    found = find()
+    if found is not None:
+        return found
+    try:
+        return create()
+    except EspError as error:
+        if not is_duplicate(error):
+            raise
+        again = find()
+        if again is None:
+            raise
+        return again

@@ -74,7 +74,7 @@ def client_for(
         actid=DEFAULT_ACTID,
         event_key=DEFAULT_EVENT_KEY,
         timeout=5.0,
-        transport=httpx.WSGITransport(app=sandbox),
+        transport=kwargs.pop("transport", None) or httpx.WSGITransport(app=sandbox),
         limiter=kwargs.pop("limiter", limiter.acquire),
         **kwargs,
     )
@@ -517,3 +517,32 @@ def test_settings_are_checked() -> None:
         with pytest.raises(InvalidInput) as caught:
             check_settings("activecampaign", {key: value})
         assert key in caught.value.field or caught.value.field == "setting"
+
+
+class CreatedMeanwhile(httpx.BaseTransport):
+    """The sandbox, where another worker's create lands just after our first look (the race of two first orders):
+    the first list of connections and of customers is answered empty."""
+
+    def __init__(self, sandbox: ActiveCampaignSandbox) -> None:
+        self.inner = httpx.WSGITransport(app=sandbox)
+        self.hidden = {"/api/3/connections": True, "/api/3/ecomCustomers": True}
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET" and self.hidden.get(request.url.path):
+            self.hidden[request.url.path] = False
+            key = "connections" if request.url.path.endswith("connections") else "ecomCustomers"
+            return httpx.Response(200, json={key: [], "meta": {"total": "0"}}, request=request)
+        return self.inner.handle_request(request)
+
+
+def test_a_connection_and_customer_created_meanwhile_by_another_worker_are_used_not_refused(
+    sandbox: ActiveCampaignSandbox,
+) -> None:
+    # Another worker already made the Deep Data connection and customer; our first look misses them
+    adapter_for(sandbox).send_events([TrackedEvent(order_event("m0"), contact(1))])
+    racing = client_for(sandbox, transport=CreatedMeanwhile(sandbox))
+    second = track("Order Completed", "m1", order_id="o-2", total=5, products=[{"product_id": "sku-2", "price": 5}])
+    outcome = adapter_for(sandbox, client=racing).send_events([TrackedEvent(second, contact(1))])
+    # Then the duplicate answer to our create means "look again": the order goes, nothing is rejected
+    assert not outcome.rejected and not outcome.failed
+    assert len(sandbox.connections) == 1 and len(sandbox.ecom_customers) == 1 and len(sandbox.ecom_orders) == 2
