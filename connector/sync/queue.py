@@ -9,8 +9,9 @@ grouped by store, ESP and kind, in batches of the size the ESP's entry in ``adap
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -97,11 +98,20 @@ def claim_due(db: Database, send: SendBatch, *, limit: int = CLAIM_LIMIT) -> int
             )
         }
     claimed = 0
+    batches: list[list[tuple[int, str, list[int]]]] = []
     for store_id, esp in sorted(due):
         room = min(limit - claimed, MAX_JOBS_IN_FLIGHT * largest_batch(esp) - in_flight.get((store_id, esp), 0))
         if room > 0:
             query = _due_query(now).where(SyncItem.store_id == store_id, SyncItem.esp == esp).limit(room)
-            claimed += _claim_and_send(db, query, now, send)
+            rows = claim(db, SyncItem, query, now)
+            claimed += len(rows)
+            batches.append(_batches(rows))
+    # Taken in turns, one job per store and ESP: the broker's queue is first come, first served, and one ESP's
+    # jobs all sent first would make another's wait behind them.
+    for turn in itertools.zip_longest(*batches):
+        for batch in turn:
+            if batch is not None:
+                send(*batch)
     return claimed
 
 
@@ -141,14 +151,21 @@ def sweep_stalled(db: Database, send: SendBatch, *, visibility_timeout: float) -
 
 def _claim_and_send(db: Database, query: sa.Select[int, int, str, str], now: dt.datetime, send: SendBatch) -> int:
     rows = claim(db, SyncItem, query, now)
+    for batch in _batches(rows):
+        send(*batch)
+    return len(rows)
+
+
+def _batches(rows: Sequence[sa.Row[int, int, str, str]]) -> list[tuple[int, str, list[int]]]:
+    """Claimed rows as job arguments: (store, ESP, item ids), one kind per job, in the ESP's batch sizes."""
     groups: defaultdict[tuple[int, str, str], list[int]] = defaultdict(list)
     for row in rows:
         groups[(row.store_id, row.esp, row.kind)].append(row.id)
+    batches = []
     for (store_id, esp, kind), ids in groups.items():
         size = batch_size(esp, kind)
-        for start in range(0, len(ids), size):
-            send(store_id, esp, ids[start : start + size])
-    return len(rows)
+        batches += [(store_id, esp, ids[start : start + size]) for start in range(0, len(ids), size)]
+    return batches
 
 
 def replay(
