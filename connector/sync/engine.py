@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import sqlalchemy as sa
 from dramatiq.common import compute_backoff
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 #: Sends what a loader prepared, with the adapter; returns the number of requests made.
 _Send = Callable[[EspAdapter], int]
+_T = TypeVar("_T")
 
 #: A batch with at least this many changed profiles goes as a bulk import job rather than one request each.
 BULK_PROFILE_THRESHOLD = 100
@@ -71,6 +73,21 @@ class _Settled:
                 self.failed[item_id] = outcome.error
             else:
                 self.done.add(item_id)
+
+
+def _sender(
+    batch: list[_T], item_ids: list[int], settled: _Settled, call: Callable[[EspAdapter, list[_T]], Outcome]
+) -> _Send:
+    """Send ``batch`` (one record per item of ``item_ids``) with ``call``; nothing when it is empty."""
+
+    def send(adapter: EspAdapter) -> int:
+        if not batch:
+            return 0
+        outcome = call(adapter, batch)
+        settled.apply(outcome, item_ids)
+        return outcome.requests
+
+    return send
 
 
 class SyncEngine:
@@ -190,14 +207,7 @@ class SyncEngine:
             changes.append(ConsentChange(contact, channel, row.status, row.occurred_at, row.action))
             change_items.append(item.id)
 
-        def send(adapter: EspAdapter) -> int:
-            if not changes:
-                return 0
-            outcome = adapter.set_consent(changes)
-            settled.apply(outcome, change_items)
-            return outcome.requests
-
-        return send
+        return _sender(changes, change_items, settled, lambda adapter, batch: adapter.set_consent(batch))
 
     def _events(self, session: sa.orm.Session, store_id: int, items: list[SyncItem], settled: _Settled) -> _Send:
         by_id = {int(item.subject_id): item for item in items}
@@ -217,14 +227,7 @@ class SyncEngine:
             tracked.append(TrackedEvent(event, contact))
             tracked_items.append(by_id[event.id].id)
 
-        def send(adapter: EspAdapter) -> int:
-            if not tracked:
-                return 0
-            outcome = adapter.send_events(tracked)
-            settled.apply(outcome, tracked_items)
-            return outcome.requests
-
-        return send
+        return _sender(tracked, tracked_items, settled, lambda adapter, batch: adapter.send_events(batch))
 
     def _carts(self, session: sa.orm.Session, store_id: int, items: list[SyncItem], settled: _Settled) -> _Send:
         by_id = {int(item.subject_id): item for item in items}
@@ -248,14 +251,7 @@ class SyncEngine:
                 abandoned.append(AbandonedCart(cart, tuple(lines.get(cart.id, ())), contact))
                 cart_items.append(item.id)
 
-        def send(adapter: EspAdapter) -> int:
-            if not abandoned:
-                return 0
-            outcome = adapter.send_carts(abandoned)
-            settled.apply(outcome, cart_items)
-            return outcome.requests
-
-        return send
+        return _sender(abandoned, cart_items, settled, lambda adapter, batch: adapter.send_carts(batch))
 
     _loaders = {
         SyncKind.PROFILE: _profiles,
