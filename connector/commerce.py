@@ -184,7 +184,7 @@ LIVE_CART_STATUSES = ("open", "checkout", "abandoned")
 def mark_abandoned(session: Session, now: dt.datetime, inactive_for: dt.timedelta, *, limit: int = 1000) -> int:
     """Mark carts abandoned, in every store: a known shopper, at least one line, no activity for ``inactive_for``,
     not converted. Each gets a ``cart.abandoned`` outbox row (ESPs with cart automations get the cart). Returns
-    how many were marked; the caller runs it again while it returns ``limit``."""
+    how many were marked; at most ``limit`` per call (the relay's next tick takes the rest)."""
     has_lines = sa.exists().where(CartItem.store_id == Cart.store_id, CartItem.cart_ref == Cart.id)
     carts = session.scalars(
         sa.select(Cart)

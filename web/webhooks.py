@@ -33,6 +33,7 @@ import re
 
 from flask import Blueprint, Response, jsonify, request
 from flask.blueprints import BlueprintSetupState
+from pydantic import SecretStr
 from werkzeug.exceptions import NotFound as HttpNotFound
 
 from connector import engagement
@@ -102,22 +103,33 @@ def _on_register(state: BlueprintSetupState) -> None:
     install_token_redaction(state.app.logger)
 
 
+def _webhook_secret(store_id: int, esp: str) -> SecretStr | None:
+    """The secret of the store's connection to ``esp``; None without a connection or a secret."""
+    runtime = get_runtime()
+    try:
+        with runtime.db.reader() as session:
+            cipher = CredentialCipher(runtime.settings.credentials_key)
+            return connections.load(session, cipher, store_id, esp).webhook_secret
+    except NotFound:
+        return None
+
+
+def _secret_unreadable(store_id: int, name: str, exc: CredentialsUnavailable, hint: str = "") -> Response:
+    log.error("store %s: %s webhook secret unreadable: %s", store_id, name, exc)
+    response = error_response(503, f"the webhook secret cannot be read right now{hint}")
+    response.headers["Retry-After"] = "60"
+    return response
+
+
 @bp.post("/klaviyo/<int:store_id>")
 def klaviyo(store_id: int) -> Response:
     """Receive a Klaviyo system webhook delivery for store ``store_id``."""
     request.max_content_length = MAX_WEBHOOK_BYTES
     runtime = get_runtime()
     try:
-        cipher = CredentialCipher(runtime.settings.credentials_key)
-        with runtime.db.reader() as session:
-            secret = connections.load(session, cipher, store_id, ESP).webhook_secret
-    except NotFound:
-        secret = None
+        secret = _webhook_secret(store_id, ESP)
     except CredentialsUnavailable as exc:
-        log.error("store %s: Klaviyo webhook secret unreadable: %s", store_id, exc)
-        response = error_response(503, "the webhook secret cannot be read right now; retry later")
-        response.headers["Retry-After"] = "60"
-        return response
+        return _secret_unreadable(store_id, "Klaviyo", exc, "; retry later")
     if secret is None:
         return error_response(404, f"store {store_id} has no Klaviyo webhook endpoint (no webhook secret is set)")
     body = request.get_data(cache=False)
@@ -150,16 +162,9 @@ def activecampaign(store_id: int, token: str) -> Response:
     request.max_content_length = MAX_AC_WEBHOOK_BYTES
     runtime = get_runtime()
     try:
-        cipher = CredentialCipher(runtime.settings.credentials_key)
-        with runtime.db.reader() as session:
-            secret = connections.load(session, cipher, store_id, ac.ESP).webhook_secret
-    except NotFound:
-        secret = None
+        secret = _webhook_secret(store_id, ac.ESP)
     except CredentialsUnavailable as exc:
-        log.error("store %s: ActiveCampaign webhook secret unreadable: %s", store_id, exc)
-        response = error_response(503, "the webhook secret cannot be read right now")
-        response.headers["Retry-After"] = "60"
-        return response
+        return _secret_unreadable(store_id, "ActiveCampaign", exc)
     # One answer for every way of not matching, so the URL space tells nothing about stores or connections.
     if secret is None or not hmac.compare_digest(token.encode(), secret.get_secret_value().encode()):
         return error_response(404, HttpNotFound.description)

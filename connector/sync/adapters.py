@@ -98,7 +98,7 @@ def _build_klaviyo(connection: Connection, options: AdapterOptions) -> EspAdapte
         ProfileMapping.from_config(settings.get("mapping") or {}),
         list_id=settings.get("list_id"),
         job_timeout=options.job_timeout,
-        poll_interval=min(1.0, 1.0 / scale) if scale > 0 else 1.0,
+        poll_interval=min(1.0, 1.0 / scale),  # check_settings made scale positive
         pause=limiter.pause,
     )
 
@@ -196,7 +196,7 @@ def _build_activecampaign(connection: Connection, options: AdapterOptions) -> Es
         full_sync_method=str(settings.get("full_sync_method") or "bulk_import"),
         ecom_connection=str(settings.get("ecom_connection") or "espbridge"),
         job_timeout=options.job_timeout,
-        poll_interval=min(1.0, 1.0 / scale) if scale > 0 else 1.0,
+        poll_interval=min(1.0, 1.0 / scale),  # check_settings made scale positive
         pause=limiter.pause,
     )
 
