@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from . import outbox
 from .fields import OptionalShortText, OptionalText, Ref
 from .money import MAX_ABS_CENTS, Cents
-from .store import Cart, CartItem, Contact, Order, OrderItem, WaitlistEntry
+from .store import Cart, CartItem, Contact, Database, Order, OrderItem, WaitlistEntry
 
 
 class ProductLine(BaseModel):
@@ -181,27 +181,31 @@ def order_status(session: Session, store_id: int, props: OrderRefProperties, sta
 LIVE_CART_STATUSES = ("open", "checkout", "abandoned")
 
 
-def mark_abandoned(session: Session, now: dt.datetime, inactive_for: dt.timedelta, *, limit: int = 1000) -> int:
+def mark_abandoned(db: Database, now: dt.datetime, inactive_for: dt.timedelta, *, limit: int = 1000) -> int:
     """Mark carts abandoned, in every store: a known shopper, at least one line, no activity for ``inactive_for``,
     not converted. Each gets a ``cart.abandoned`` outbox row (ESPs with cart automations get the cart). Returns
-    how many were marked; at most ``limit`` per call (the relay's next tick takes the rest)."""
+    how many were marked; at most ``limit`` per call (the relay's next tick takes the rest).
+
+    It looks in a read transaction first and takes the write turn only when there is a cart to mark: the relay
+    calls it every tick, and on SQLite every write waits for (and holds up) the ingestion's commits."""
     has_lines = sa.exists().where(CartItem.store_id == Cart.store_id, CartItem.cart_ref == Cart.id)
-    carts = session.scalars(
-        sa.select(Cart)
-        .where(
-            Cart.status.in_(["open", "checkout"]),
-            Cart.contact_id.is_not(None),
-            Cart.last_activity_at < now - inactive_for,
-            has_lines,
-        )
-        .order_by(Cart.id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
-    ).all()
-    for cart in carts:
-        cart.status = "abandoned"
-        outbox.add(session, cart.store_id, outbox.Topic.CART_ABANDONED, cart.id)
-    return len(carts)
+    inactive = (
+        Cart.status.in_(["open", "checkout"]),
+        Cart.contact_id.is_not(None),
+        Cart.last_activity_at < now - inactive_for,
+    )
+    with db.reader() as session:
+        ids = list(session.scalars(sa.select(Cart.id).where(*inactive, has_lines).order_by(Cart.id).limit(limit)))
+    if not ids:
+        return 0
+    with db.writer() as session:  # checked again: a shopper may have come back since
+        carts = session.scalars(
+            sa.select(Cart).where(Cart.id.in_(ids), *inactive).with_for_update(skip_locked=True)
+        ).all()
+        for cart in carts:
+            cart.status = "abandoned"
+            outbox.add(session, cart.store_id, outbox.Topic.CART_ABANDONED, cart.id)
+        return len(carts)
 
 
 def _cart_for(session: Session, store_id: int, contact: Contact | None, cart_id: str | None, at: dt.datetime) -> Cart:

@@ -95,8 +95,7 @@ class Relay:
         sync_items += queue.sweep_stalled(
             jobs.db, send_batch, visibility_timeout=jobs.settings.outbox_visibility_timeout
         )
-        with jobs.db.writer() as session:
-            abandoned = mark_abandoned(session, utcnow(), dt.timedelta(seconds=jobs.settings.cart_abandon_after))
+        abandoned = mark_abandoned(jobs.db, utcnow(), dt.timedelta(seconds=jobs.settings.cart_abandon_after))
         stores = pending_projection(jobs.db)
         for store_id in stores:
             jobs.project_events.send(store_id)

@@ -57,8 +57,7 @@ def abandoned_rows(db: Database, store_id: int) -> list[str]:
 
 
 def mark(db: Database, now: dt.datetime) -> int:
-    with db.writer() as session:
-        return mark_abandoned(session, now, HOUR)
+    return mark_abandoned(db, now, HOUR)
 
 
 def checkout(message_id: str, **extra: Any) -> dict[str, Any]:
