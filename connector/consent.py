@@ -1,8 +1,5 @@
-"""Recording consent: a ledger row for every consent event, and the state it leads to.
-
-The hash chain over the ledger and the compliance tooling arrive with the consent issue; until then rows carry
-every evidence field and the chain columns stay empty.
-"""
+"""Recording consent: a ledger row for every consent event (hash-chained, connector/ledger.py) and the state
+it leads to."""
 
 from __future__ import annotations
 
@@ -14,7 +11,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
-from . import outbox
+from . import ledger, outbox
 from .store import Channel, ConsentLedgerEntry, ConsentState, ConsentStatus, Contact
 
 ACTION_FOR_STATUS = {
@@ -73,13 +70,10 @@ def record(
         form_version=props.form_version,
         consent_text_hash=hashlib.sha256(props.consent_text.encode()).hexdigest() if props.consent_text else None,
         consent_text_version=props.consent_text_version,
-        ip=_text(context.get("ip"), 64),
-        user_agent=_text(context.get("userAgent"), 1000),
         actor=actor,
         evidence_ref=evidence_ref[:200],
     )
-    session.add(entry)
-    session.flush()
+    ledger.append(session, entry, ip=_text(context.get("ip"), 64), user_agent=_text(context.get("userAgent"), 1000))
     state = session.scalar(
         sa.select(ConsentState).where(
             ConsentState.store_id == store_id,

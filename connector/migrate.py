@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from alembic import command
@@ -23,10 +24,34 @@ def alembic_config(db: Database) -> Config:
 
 def upgrade(db: Database, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (idempotent)."""
+    _run(db, lambda config: command.upgrade(config, revision))
+
+
+def downgrade(db: Database, revision: str) -> None:
+    _run(db, lambda config: command.downgrade(config, revision))
+
+
+def _run(db: Database, step: Callable[[Config], None]) -> None:
+    """Run ``step`` in one transaction.
+
+    On SQLite, foreign keys are off meanwhile and checked before the commit: batch mode rebuilds a table by
+    copying it and dropping the original, which fails while other tables reference it (Alembic's documented
+    recipe; the pragma only takes effect outside a transaction, so it goes to the driver's connection first).
+    """
     config = alembic_config(db)
-    with db.engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, revision)
+    with db.engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+        try:
+            with connection.begin():
+                config.attributes["connection"] = connection
+                step(config)
+                if sqlite and (broken := connection.exec_driver_sql("PRAGMA foreign_key_check").all()):
+                    raise RuntimeError(f"the migration left rows whose foreign keys point nowhere: {broken[:5]}")
+        finally:
+            if sqlite:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
 def current_revision(db: Database) -> str | None:

@@ -5,7 +5,16 @@ Every table but ``stores`` carries ``store_id``; every query in connector/ filte
 
 from .base import Base, utcnow
 from .commerce import Cart, CartItem, Order, OrderItem, Product, Variant, WaitlistEntry
-from .consent import Channel, ConsentLedgerEntry, ConsentState, ConsentStatus
+from .compliance import Erasure, Suppression
+from .consent import (
+    Channel,
+    ConsentConfirmation,
+    ConsentEvidence,
+    ConsentLedgerEntry,
+    ConsentState,
+    ConsentStatus,
+    LedgerHead,
+)
 from .contacts import Contact, Identity, IdentityKind
 from .db import Database, connect
 from .esp import EspConnection
@@ -29,6 +38,8 @@ __all__ = [
     "Cart",
     "CartItem",
     "Channel",
+    "ConsentConfirmation",
+    "ConsentEvidence",
     "ConsentLedgerEntry",
     "ConsentState",
     "ConsentStatus",
@@ -36,11 +47,13 @@ __all__ = [
     "Database",
     "Engagement",
     "EngagementKind",
+    "Erasure",
     "EspConnection",
     "EspLink",
     "Event",
     "Identity",
     "IdentityKind",
+    "LedgerHead",
     "Order",
     "OrderItem",
     "OutboxRow",
@@ -48,6 +61,7 @@ __all__ = [
     "Product",
     "Role",
     "Store",
+    "Suppression",
     "SyncItem",
     "SyncItemStatus",
     "SyncKind",

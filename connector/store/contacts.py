@@ -36,6 +36,10 @@ class Contact(StoreScoped, Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     last_seen_at: Mapped[dt.datetime | None]
+    #: Erased (right to erasure): every personal field above is cleared; the row stays for the ledger's sake.
+    erased_at: Mapped[dt.datetime | None]
+    #: Matches a suppression (an erased or suppressed email/phone): kept out of every ESP.
+    suppressed_at: Mapped[dt.datetime | None]
 
 
 class Identity(StoreScoped, Base):

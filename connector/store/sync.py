@@ -21,6 +21,7 @@ class SyncKind(enum.StrEnum):
     CONSENT = "consent"  # subject: "<contact id>:<channel>"; coalesces
     EVENT = "event"  # subject: event id; never coalesces (each event is sent once, unique_id = messageId)
     CART = "cart"  # subject: cart row id, when the cart is abandoned; coalesces
+    ERASE = "erase"  # subject: "<erasure id>:<contact id>"; payload: the identifiers the ESP deletes by
 
 
 class SyncItemStatus(enum.StrEnum):

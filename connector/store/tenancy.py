@@ -27,6 +27,10 @@ class Store(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     #: Touched by the projector as its per-store lock (see connector.ingest.projection).
     projected_at: Mapped[dt.datetime | None]
+    #: Channels whose grants need a confirmed double opt-in before anyone is subscribed at an ESP.
+    double_opt_in: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
+    #: The HMAC key of the store's suppressions, encrypted with ESPBRIDGE_CREDENTIALS_KEY (made on first use).
+    suppression_key: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class WriteKey(StoreScoped, Base):

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from connector import migrate
+from connector import ledger, migrate
 from connector.errors import AppendOnlyViolation
 from connector.store import Base, ConsentLedgerEntry, Contact, Database
 from connector.tenancy import NewStore
@@ -42,8 +42,7 @@ def _ledger_row(db: Database, store: NewStore) -> int:
             status_after="subscribed",
             occurred_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
         )
-        session.add(entry)
-        session.flush()
+        ledger.append(session, entry)
         return entry.id
 
 

@@ -17,9 +17,11 @@ from sqlalchemy.orm import Session
 from connector.errors import AppendOnlyViolation
 from connector.ingest import projection
 from connector.ingest.projection import project_pending
+from connector.ledger import evidence_digest
 from connector.store import (
     Cart,
     CartItem,
+    ConsentEvidence,
     ConsentLedgerEntry,
     ConsentState,
     Contact,
@@ -775,8 +777,11 @@ def test_consent_updated_appends_a_ledger_row_with_its_evidence_and_sets_the_sta
         assert (row.form_id, row.form_version) == ("footer-signup", "3")
         assert row.consent_text_hash == hashlib.sha256(CONSENT_TEXT.encode()).hexdigest()
         assert row.consent_text_version == "2026-01"
-        assert row.ip == "203.0.113.7"
-        assert row.user_agent == "Mozilla/5.0 (X11; Linux x86_64)"
+        evidence = session.get(ConsentEvidence, row.id)
+        assert evidence is not None
+        assert (evidence.ip, evidence.user_agent) == ("203.0.113.7", "Mozilla/5.0 (X11; Linux x86_64)")
+        # the row itself holds only their salted digest, so erasing the evidence leaves the chain intact
+        assert row.evidence_digest == evidence_digest(evidence.salt, evidence.ip, evidence.user_agent)
         assert row.evidence_ref == "consent-msg-1"
         assert row.actor == "storefront"
         state = consent_state(session, contact)
@@ -888,7 +893,7 @@ def test_consent_ledger_rows_cannot_be_changed_or_deleted_through_the_orm(
     "statement",
     [
         "UPDATE consent_ledger SET status_after = 'unsubscribed'",
-        "UPDATE consent_ledger SET ip = NULL WHERE id = :id",
+        "UPDATE consent_ledger SET evidence_digest = NULL WHERE id = :id",
         "DELETE FROM consent_ledger WHERE id = :id",
         "DELETE FROM consent_ledger",
     ],
@@ -910,7 +915,8 @@ def test_consent_ledger_rows_cannot_be_changed_or_deleted_by_raw_sql(
     # Then the row is as it was
     with db.reader() as session:
         (row,) = ledger(session, store.id)
-        assert (row.id, row.status_after, row.ip) == (original.id, "subscribed", "198.51.100.1")
+        assert (row.id, row.status_after, row.evidence_digest) == (original.id, "subscribed", original.evidence_digest)
+        assert row.evidence_digest is not None
 
 
 # --- waitlists ----------------------------------------------------------------------------------------------------
