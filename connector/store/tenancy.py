@@ -29,8 +29,9 @@ class Store(Base):
     projected_at: Mapped[dt.datetime | None]
     #: Channels whose grants need a confirmed double opt-in before anyone is subscribed at an ESP.
     double_opt_in: Mapped[list[str]] = mapped_column(sa.JSON, default=list)
-    #: The HMAC key of the store's suppressions, encrypted with ESPBRIDGE_CREDENTIALS_KEY (made on first use).
-    suppression_key: Mapped[str | None] = mapped_column(sa.Text)
+    #: The store's HMAC key (suppression digests, preference links), encrypted with ESPBRIDGE_CREDENTIALS_KEY;
+    #: made on first use (connector/store_keys.py).
+    hmac_key: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class WriteKey(StoreScoped, Base):

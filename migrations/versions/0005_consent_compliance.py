@@ -148,7 +148,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("suppressed_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("stores", schema=None) as batch_op:
         batch_op.add_column(sa.Column("double_opt_in", sa.JSON(), nullable=False, server_default="[]"))
-        batch_op.add_column(sa.Column("suppression_key", sa.Text(), nullable=True))
+        batch_op.add_column(sa.Column("hmac_key", sa.Text(), nullable=True))
     with op.batch_alter_table("stores", schema=None) as batch_op:
         batch_op.alter_column("double_opt_in", existing_type=sa.JSON(), server_default=None)
     _create_append_only_triggers()
@@ -203,7 +203,7 @@ def _chain_existing_rows() -> None:
 def downgrade() -> None:
     _drop_append_only_triggers()
     with op.batch_alter_table("stores", schema=None) as batch_op:
-        batch_op.drop_column("suppression_key")
+        batch_op.drop_column("hmac_key")
         batch_op.drop_column("double_opt_in")
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.drop_column("suppressed_at")
