@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify, request
 
-from connector import contacts
+from connector import consent_admin, contacts
 from connector.errors import InvalidInput, NotFound
 from connector.esp.connections import DEFAULT_BASE_URLS
 from connector.stats import store_stats
@@ -145,3 +145,21 @@ def replay_dead_letters() -> Response:
     with get_runtime().db.writer() as session:
         count = queue.replay(session, store_id=current_principal().store_id, ids=ids)
     return jsonify({"replayed": count})
+
+
+@bp.post("/contacts/<int:contact_id>/consent")
+@requires(Role.ADMIN, Role.COMPLIANCE)
+def set_contact_consent(contact_id: int) -> Response:
+    """Withdraw or grant consent by hand: ``{"channel": "email", "status": "unsubscribed"|"subscribed"}``.
+
+    Ledger method ``admin``, actor the signed-in user; a withdrawal goes to every connected ESP like any other.
+    """
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    principal = current_principal()
+    with get_runtime().db.writer() as session:
+        result = consent_admin.set_consent(
+            session, principal.store_id, contact_id, body.get("channel"), body.get("status"), actor=principal.email
+        )
+    return jsonify(result)

@@ -21,6 +21,7 @@ from connector.store import Role, connect
 from connector.sync.adapters import check_settings
 from connector.tenancy import create_admin_user, create_store, find_store
 
+from .cli_consent import consent
 from .cli_context import Context, emit, pass_context
 from .cli_sync import dead_letters, sync
 
@@ -494,6 +495,7 @@ def esp_disconnect(ctx: Context, esp_name: str, store_id: int | None) -> None:
 
 main.add_command(sync)
 main.add_command(dead_letters)
+main.add_command(consent)
 
 if __name__ == "__main__":
     main()

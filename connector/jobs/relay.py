@@ -6,7 +6,8 @@ Each tick (every ``relay_interval`` seconds):
    send leaves rows ``enqueued``; step 2 recovers them.
 2. re-sends rows ``enqueued`` longer than ``outbox_visibility_timeout`` ago (a lost message, a flushed
    Redis, a worker killed mid-job). Delivery is idempotent, so a rare second send is harmless.
-3. does steps 1 and 2 for sync items (connector.sync.queue), sent in batches per store, ESP and kind;
+3. does steps 1 and 2 for sync items (connector.sync.queue), sent in batches per store, ESP and kind
+   (consent batches first, on their own queue);
 4. marks carts abandoned (no activity for ``cart_abandon_after``; connector.commerce.mark_abandoned);
 5. sends a projection job for every store with unprojected events, so events acknowledged while no job
    reached the broker are still projected.
@@ -90,10 +91,13 @@ class Relay:
         swept = sweep_stalled(
             jobs.db, jobs.deliver_outbox.send, visibility_timeout=jobs.settings.outbox_visibility_timeout
         )
-        send_batch = jobs.sync_items.send
-        sync_items = queue.claim_due(jobs.db, send_batch)
+        send_batch, send_consent = jobs.sync_items.send, jobs.sync_consent.send
+        sync_items = queue.claim_due(jobs.db, send_batch, send_consent=send_consent)
         sync_items += queue.sweep_stalled(
-            jobs.db, send_batch, visibility_timeout=jobs.settings.outbox_visibility_timeout
+            jobs.db,
+            send_batch,
+            visibility_timeout=jobs.settings.outbox_visibility_timeout,
+            send_consent=send_consent,
         )
         abandoned = mark_abandoned(jobs.db, utcnow(), dt.timedelta(seconds=jobs.settings.cart_abandon_after))
         stores = pending_projection(jobs.db)

@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 QUEUE = "espbridge"
 #: Batches one projection job works through before handing the rest to a fresh message (keeps jobs short).
 PROJECTION_BATCHES_PER_JOB = 20
+#: Consent batches' own queue: every worker consumes it beside ``QUEUE`` (a dramatiq Worker consumes every
+#: queue declared on its broker), so a withdrawal never waits behind a backlog of profile and event jobs.
+CONSENT_QUEUE = "espbridge.consent"
+#: Lower is first in a worker's local work queue: a consent job takes the next free thread.
+CONSENT_PRIORITY = -10
 
 
 @dataclass
@@ -56,13 +61,25 @@ class Jobs:
         self.project_events = self._actor(self._project_events, "project_events", max_retries=5)
         self.deliver_outbox = self._actor(self._deliver_outbox, "deliver_outbox", max_retries=0)
         self.sync_items = self._actor(self._sync_items, "sync_items", max_retries=0, time_limit=3_600_000)
+        self.sync_consent = self._actor(
+            self._sync_items,
+            "sync_consent",
+            queue=CONSENT_QUEUE,
+            priority=CONSENT_PRIORITY,
+            max_retries=0,
+            time_limit=3_600_000,
+        )
         self.full_sync = self._actor(self._full_sync, "full_sync", max_retries=0, time_limit=7 * 24 * 3_600_000)
         options = self.adapter_options or AdapterOptions(redis_client=getattr(self.broker, "client", None))
         adapters = AdapterCache(CredentialCipher(self.settings.credentials_key), options)
         self.engine = SyncEngine(self.db, self.settings, adapters)
 
-    def _actor(self, fn: Any, name: str, **options: Any) -> dramatiq.Actor[Any, Any]:
-        return dramatiq.Actor(fn, broker=self.broker, actor_name=name, queue_name=QUEUE, priority=0, options=options)
+    def _actor(
+        self, fn: Any, name: str, *, queue: str = QUEUE, priority: int = 0, **options: Any
+    ) -> dramatiq.Actor[Any, Any]:
+        return dramatiq.Actor(
+            fn, broker=self.broker, actor_name=name, queue_name=queue, priority=priority, options=options
+        )
 
     def _project_events(self, store_id: int) -> None:
         # Every commit kicks a projection job, so many pile up under load; one thread per process works a

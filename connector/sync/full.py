@@ -28,8 +28,8 @@ import sqlalchemy as sa
 
 from ..errors import EspbridgeError
 from ..esp.base import ConsentChange, EspAdapter, Outcome, TrackedEvent
-from ..store import Contact, Database, Event, SyncRun, SyncRunStatus, utcnow
-from . import records
+from ..store import ConsentState, Contact, Database, Event, SyncKind, SyncRun, SyncRunStatus, utcnow
+from . import queue, records
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,28 @@ def summary(run: SyncRun) -> dict[str, Any]:
     }
 
 
+def _requeue_consent_changed(
+    session: sa.orm.Session, store_id: int, esp: str, contact_ids: Sequence[int], since: dt.datetime
+) -> int:
+    """Queue a consent item for each consent of ``contact_ids`` that changed after their page was read.
+
+    The page imported the consent it read; a withdrawal recorded meanwhile (an ESP webhook during the full sync)
+    may have reached the ESP before the import landed and been overwritten by it. Sending the current state
+    again, after the import, makes the latest consent the last word at the ESP.
+    """
+    changed = session.execute(
+        sa.select(ConsentState.contact_id, ConsentState.channel).where(
+            ConsentState.store_id == store_id,
+            ConsentState.contact_id.in_(contact_ids),
+            ConsentState.updated_at >= since,
+        )
+    ).all()
+    return sum(
+        queue.add(session, store_id, esp, SyncKind.CONSENT, f"{contact_id}:{channel}")
+        for contact_id, channel in changed
+    )
+
+
 class FullSync:
     """Runs one sync_runs row to its end. ``progress`` is called with the run after every page."""
 
@@ -165,6 +187,7 @@ class FullSync:
     # contacts
 
     def _contacts_page(self) -> bool:
+        read_at = utcnow()
         with self.db.reader() as session:
             run = self._load(session)
             contacts = list(
@@ -239,7 +262,8 @@ class FullSync:
                     links.append(
                         records.LinkUpdate(contact.id, fingerprints[contact.id], outcome.remote_ids.get(index))
                     )
-        self._save_page(contacts[-1].id, len(contacts), counts, rejections, links, requests)
+        sent = [] if run.dry_run else [c.id for c in changed]
+        self._save_page(contacts[-1].id, len(contacts), counts, rejections, links, requests, sent, read_at)
         return len(contacts) == self.options.page_size
 
     def _save_page(
@@ -250,11 +274,15 @@ class FullSync:
         rejections: list[dict[str, object]],
         links: Sequence[records.LinkUpdate],
         requests: int,
+        sent: Sequence[int] = (),
+        read_at: dt.datetime | None = None,
     ) -> None:
         now = utcnow()
         with self.db.writer() as session:
             run = self._load(session)
             records.save_links(session, run.store_id, run.esp, links, now)
+            if sent and read_at is not None:
+                _requeue_consent_changed(session, run.store_id, run.esp, sent, read_at)
             run.contact_cursor = cursor
             run.processed += processed
             run.created += counts["created"]

@@ -69,8 +69,12 @@ def add(
     return 1
 
 
-def claim_due(db: Database, send: SendBatch, *, limit: int = CLAIM_LIMIT) -> int:
+def claim_due(db: Database, send: SendBatch, *, send_consent: SendBatch | None = None, limit: int = CLAIM_LIMIT) -> int:
     """Mark due pending items enqueued and send them as batches; returns the number of items sent.
+
+    Consent items go first, outside the in-flight cap, through ``send_consent`` (the consent queue, which the
+    workers take before any other): a withdrawal must reach every ESP ahead of a backlog of marketing syncs
+    for the same contact, and it is one small call per contact, so it never floods an ESP.
 
     A coalescing item waits while an earlier item of the same subject is enqueued: that job loaded the older
     state and may still be sending it, so sending the newer state beside it could let the older one reach the
@@ -81,28 +85,39 @@ def claim_due(db: Database, send: SendBatch, *, limit: int = CLAIM_LIMIT) -> int
     5 requests/s after an outage) would fill the queue, and another ESP's changes would wait behind all of it.
     """
     now = utcnow()
+    consent = claim(db, SyncItem, _due_query(now).where(SyncItem.kind == SyncKind.CONSENT).limit(limit), now)
+    for batch in _batches(consent):
+        (send_consent or send)(*batch)
+    claimed = len(consent)
     with db.reader() as session:
         due = session.execute(
             sa.select(SyncItem.store_id, SyncItem.esp)
-            .where(SyncItem.status == SyncItemStatus.PENDING, SyncItem.available_at <= now)
+            .where(
+                SyncItem.status == SyncItemStatus.PENDING,
+                SyncItem.available_at <= now,
+                SyncItem.kind != SyncKind.CONSENT,
+            )
             .distinct()
         ).all()
         if not due:
-            return 0
+            return claimed
         in_flight = {
             (store_id, esp): count
             for store_id, esp, count in session.execute(
                 sa.select(SyncItem.store_id, SyncItem.esp, sa.func.count(SyncItem.id))
-                .where(SyncItem.status == SyncItemStatus.ENQUEUED)
+                .where(SyncItem.status == SyncItemStatus.ENQUEUED, SyncItem.kind != SyncKind.CONSENT)
                 .group_by(SyncItem.store_id, SyncItem.esp)
             )
         }
-    claimed = 0
     batches: list[list[tuple[int, str, list[int]]]] = []
     for store_id, esp in sorted(due):
         room = min(limit - claimed, MAX_JOBS_IN_FLIGHT * largest_batch(esp) - in_flight.get((store_id, esp), 0))
         if room > 0:
-            query = _due_query(now).where(SyncItem.store_id == store_id, SyncItem.esp == esp).limit(room)
+            query = (
+                _due_query(now)
+                .where(SyncItem.store_id == store_id, SyncItem.esp == esp, SyncItem.kind != SyncKind.CONSENT)
+                .limit(room)
+            )
             rows = claim(db, SyncItem, query, now)
             claimed += len(rows)
             batches.append(_batches(rows))
@@ -134,7 +149,9 @@ def _due_query(now: dt.datetime) -> sa.Select[int, int, str, str]:
     )
 
 
-def sweep_stalled(db: Database, send: SendBatch, *, visibility_timeout: float) -> int:
+def sweep_stalled(
+    db: Database, send: SendBatch, *, visibility_timeout: float, send_consent: SendBatch | None = None
+) -> int:
     """Send again items enqueued longer than ``visibility_timeout`` ago (a lost message, a killed worker)."""
     now = utcnow()
     query = (
@@ -146,25 +163,31 @@ def sweep_stalled(db: Database, send: SendBatch, *, visibility_timeout: float) -
         .order_by(SyncItem.id)
         .limit(CLAIM_LIMIT)
     )
-    return _claim_and_send(db, query, now, send)
-
-
-def _claim_and_send(db: Database, query: sa.Select[int, int, str, str], now: dt.datetime, send: SendBatch) -> int:
     rows = claim(db, SyncItem, query, now)
-    for batch in _batches(rows):
+    for batch in _batches(rows, send_consent):
         send(*batch)
     return len(rows)
 
 
-def _batches(rows: Sequence[sa.Row[int, int, str, str]]) -> list[tuple[int, str, list[int]]]:
-    """Claimed rows as job arguments: (store, ESP, item ids), one kind per job, in the ESP's batch sizes."""
+def _batches(
+    rows: Sequence[sa.Row[int, int, str, str]], consent_apart: SendBatch | None = None
+) -> list[tuple[int, str, list[int]]]:
+    """Claimed rows as job arguments: (store, ESP, item ids), one kind per job, in the ESP's batch sizes.
+
+    With ``consent_apart``, consent batches are sent through it at once and left out of the result.
+    """
     groups: defaultdict[tuple[int, str, str], list[int]] = defaultdict(list)
     for row in rows:
         groups[(row.store_id, row.esp, row.kind)].append(row.id)
     batches = []
     for (store_id, esp, kind), ids in groups.items():
         size = batch_size(esp, kind)
-        batches += [(store_id, esp, ids[start : start + size]) for start in range(0, len(ids), size)]
+        chunks = [(store_id, esp, ids[start : start + size]) for start in range(0, len(ids), size)]
+        if consent_apart is not None and kind == SyncKind.CONSENT:
+            for chunk in chunks:
+                consent_apart(*chunk)
+        else:
+            batches += chunks
     return batches
 
 
