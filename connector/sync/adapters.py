@@ -217,7 +217,13 @@ ESPS: dict[str, EspSpec] = {
         KLAVIYO_SETTINGS,
         _check_klaviyo,
         _build_klaviyo,
-        {SyncKind.PROFILE: 500, SyncKind.CONSENT: 1000, SyncKind.EVENT: 1000, SyncKind.CART: 1000},
+        {
+            SyncKind.PROFILE: 500,
+            SyncKind.CONSENT: 1000,
+            SyncKind.EVENT: 1000,
+            SyncKind.CART: 1000,
+            SyncKind.ERASE: 10,  # one data-privacy deletion request each, on a small rate limit
+        },
     ),
     # A job holds a worker thread (shared with other ESPs) while it waits on the account's 5/s: each kind's batch
     # is a few seconds of that budget. Profiles: one contact/sync each (a full sync's bulk import takes its own
@@ -227,7 +233,7 @@ ESPS: dict[str, EspSpec] = {
         ACTIVECAMPAIGN_SETTINGS,
         _check_activecampaign,
         _build_activecampaign,
-        {SyncKind.PROFILE: 25, SyncKind.CONSENT: 10, SyncKind.EVENT: 50, SyncKind.CART: 10},
+        {SyncKind.PROFILE: 25, SyncKind.CONSENT: 10, SyncKind.EVENT: 50, SyncKind.CART: 10, SyncKind.ERASE: 10},
     ),
 }
 

@@ -25,12 +25,13 @@ from typing import TypeVar
 import sqlalchemy as sa
 from dramatiq.common import compute_backoff
 
+from .. import erasure, suppression
 from ..credentials import CredentialsUnavailable
 from ..errors import InvalidInput, NotFound
 from ..esp.base import AbandonedCart, ConsentChange, EspAdapter, Outcome, TrackedEvent
 from ..esp.errors import EspError, RateLimited, Transient
 from ..settings import Settings
-from ..store import Cart, CartItem, Database, Event, SyncItem, SyncItemStatus, SyncKind, utcnow
+from ..store import Cart, CartItem, Contact, Database, Event, SyncItem, SyncItemStatus, SyncKind, utcnow
 from . import records
 from .adapters import AdapterCache
 
@@ -39,6 +40,9 @@ log = logging.getLogger(__name__)
 #: Sends what a loader prepared, with the adapter; returns the number of requests made.
 _Send = Callable[[EspAdapter], int]
 _T = TypeVar("_T")
+
+#: Why an item of an erased or suppressed contact is skipped.
+SUPPRESSED = "suppressed"
 
 #: A batch with at least this many changed profiles goes as a bulk import job rather than one request each.
 BULK_PROFILE_THRESHOLD = 100
@@ -129,7 +133,7 @@ class SyncEngine:
                 by_kind.setdefault(item.kind, []).append(item)
             work = [
                 (kind, self._loaders[kind](self, session, store_id, by_kind[kind], settled))
-                for kind in (SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.EVENT, SyncKind.CART)
+                for kind in (SyncKind.ERASE, SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.EVENT, SyncKind.CART)
                 if kind in by_kind
             ]
         if adapter is not None:
@@ -154,6 +158,9 @@ class SyncEngine:
                 contact = contacts.get(int(item.subject_id))
                 if contact is None:
                     settled.skipped[item.id] = "contact no longer exists"
+                    continue
+                if suppression.blocked(contact):
+                    settled.skipped[item.id] = SUPPRESSED
                     continue
                 if contact.id in seen:  # two items resolved to one survivor of a merge
                     settled.done.add(item.id)
@@ -204,6 +211,9 @@ class SyncEngine:
             if contact is None or row is None:
                 settled.skipped[item.id] = "no consent state to send"
                 continue
+            if suppression.blocked(contact):
+                settled.skipped[item.id] = SUPPRESSED
+                continue
             changes.append(ConsentChange(contact, channel, row.status, row.occurred_at, row.action))
             change_items.append(item.id)
 
@@ -223,6 +233,9 @@ class SyncEngine:
             contact = contacts.get(event.contact_id) if event.contact_id else None
             if contact is None:
                 settled.skipped[by_id[event.id].id] = "event has no contact"
+                continue
+            if suppression.blocked(contact):
+                settled.skipped[by_id[event.id].id] = SUPPRESSED
                 continue
             tracked.append(TrackedEvent(event, contact))
             tracked_items.append(by_id[event.id].id)
@@ -247,13 +260,40 @@ class SyncEngine:
                 settled.skipped[item.id] = "the cart is no longer abandoned"
             elif contact is None:
                 settled.skipped[item.id] = "cart has no contact"
+            elif suppression.blocked(contact):
+                settled.skipped[item.id] = SUPPRESSED
             else:
                 abandoned.append(AbandonedCart(cart, tuple(lines.get(cart.id, ())), contact))
                 cart_items.append(item.id)
 
         return _sender(abandoned, cart_items, settled, lambda adapter, batch: adapter.send_carts(batch))
 
+    def _erasures(self, session: sa.orm.Session, store_id: int, items: list[SyncItem], settled: _Settled) -> _Send:
+        # The people are already erased here: the payload is all that is left of their identifiers, so the
+        # adapters get transient contacts built from it (never added to a session).
+        people: list[Contact] = []
+        person_items: list[int] = []
+        for item in items:
+            payload = item.payload or {}
+            if not payload.get("email") and not payload.get("phone"):
+                settled.skipped[item.id] = "no identifier left to delete by"
+                continue
+            _, _, contact_id = item.subject_id.partition(":")
+            people.append(
+                Contact(
+                    id=int(contact_id),
+                    store_id=store_id,
+                    email=payload.get("email"),
+                    phone=payload.get("phone"),
+                    properties={},
+                )
+            )
+            person_items.append(item.id)
+
+        return _sender(people, person_items, settled, lambda adapter, batch: adapter.erase(batch))
+
     _loaders = {
+        SyncKind.ERASE: _erasures,
         SyncKind.PROFILE: _profiles,
         SyncKind.CONSENT: _consents,
         SyncKind.EVENT: _events,
@@ -271,6 +311,7 @@ class SyncEngine:
                     SyncItem.store_id == store_id, SyncItem.id.in_(ids), SyncItem.status == SyncItemStatus.ENQUEUED
                 )
             )
+            erasures: set[int] = set()
             for item in items:
                 item.attempts += 1
                 if item.id in settled.done:
@@ -283,7 +324,12 @@ class SyncEngine:
                     self._dead(item, settled.dead[item.id], report)
                 else:
                     self._retry(item, settled.failed[item.id], now, report)
+                if item.kind == SyncKind.ERASE:
+                    erasures.add(int(item.subject_id.partition(":")[0]))
+                    if item.status != SyncItemStatus.PENDING:
+                        item.payload = {}  # settled: the identifiers are not kept a moment longer
             records.save_links(session, store_id, esp, settled.links, now)
+            erasure.settle(session, store_id, erasures)
 
     def _dead(self, item: SyncItem, error: str, report: SyncReport) -> None:
         item.status, item.last_error = SyncItemStatus.DEAD, error[:2000]

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from ..errors import EspbridgeError
 from ..esp.base import ConsentChange, EspAdapter, Outcome, TrackedEvent
 from ..store import ConsentState, Contact, Database, Event, SyncKind, SyncRun, SyncRunStatus, utcnow
+from ..suppression import blocked
 from . import queue, records
 
 log = logging.getLogger(__name__)
@@ -213,7 +214,8 @@ class FullSync:
         fingerprints: dict[int, str] = {}
         skipped = 0
         for contact in contacts:
-            fingerprint = self.adapter.fingerprint(contact, consents.get(contact.id, {}))
+            # An erased or suppressed person is kept out of every ESP: counted as skipped, never sent.
+            fingerprint = None if blocked(contact) else self.adapter.fingerprint(contact, consents.get(contact.id, {}))
             if fingerprint is None:
                 skipped += 1  # nothing the ESP can take (an anonymous visitor): no request, no link
             else:
@@ -322,7 +324,11 @@ class FullSync:
         if not events:
             self._save_events(run.events_through, 0, 0, 0)
             return False
-        tracked = [TrackedEvent(e, contacts[e.contact_id]) for e in events if e.contact_id in contacts]
+        tracked = [
+            TrackedEvent(e, contacts[e.contact_id])
+            for e in events
+            if e.contact_id in contacts and not blocked(contacts[e.contact_id])
+        ]
         sent = requests = failed = 0
         if run.dry_run:  # what the ESP could take: events of contacts it can identify
             sendable = {c.id for c in contacts.values() if self.adapter.fingerprint(c, {}) is not None}

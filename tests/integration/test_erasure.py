@@ -1,0 +1,303 @@
+"""Erasure on both databases, against both in-process sandboxes at once (Klaviyo and ActiveCampaign).
+
+A person with orders, events, a cart, a waitlist entry and consent at both ESPs is erased: nothing personal is
+left in any table, each ESP is asked to delete them (and the report says so), the ledger still verifies, and a
+later "Identify" / "Consent Updated" for the same email is recorded but kept out of both ESPs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from flask.testing import FlaskClient
+
+from connector import erasure
+from connector.credentials import CredentialCipher, CredentialsUnavailable, new_key
+from connector.errors import InvalidInput, NotFound
+from connector.esp import connections
+from connector.jobs.broker import EmbeddedBroker
+from connector.jobs.relay import enqueue_due
+from connector.jobs.tasks import Jobs
+from connector.sandbox.activecampaign import ActiveCampaignSandbox
+from connector.sandbox.klaviyo import DEFAULT_API_KEY, KlaviyoSandbox
+from connector.settings import Settings
+from connector.store import (
+    ConsentLedgerEntry,
+    Contact,
+    Database,
+    Erasure,
+    Event,
+    Order,
+    Suppression,
+    SyncItem,
+    SyncItemStatus,
+    SyncKind,
+)
+from connector.sync import queue
+from connector.sync.adapters import AdapterOptions
+from connector.tenancy import NewStore
+from tests.conftest import post_messages, track
+from tests.erasure_support import personal_data_left
+from tests.integration.test_sync_engine_activecampaign import URL as AC_URL
+from tests.integration.test_sync_engine_activecampaign import connect as connect_ac
+
+KLAVIYO_URL = "http://klaviyo.sandbox"
+EMAIL = "Zenobia.Quillfeather@Example.org"
+PHONE = "+49 151 2345 6789"
+NEEDLES = ["zenobia", "quillfeather", "+4915123456789", "151 2345", "203.0.113.77", "ZenoBrowser", "cus_zq"]
+
+
+class Route(httpx.BaseTransport):
+    """Each sandbox behind its own host, like the real ESPs (no stand-in: the sandboxes answer)."""
+
+    def __init__(self, apps: dict[str, Any]) -> None:
+        self.transports = {host: httpx.WSGITransport(app=app) for host, app in apps.items()}
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        return self.transports[request.url.host].handle_request(request)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(
+        database_url=database_url,
+        secret_key="test-secret",
+        credentials_key=new_key(),
+        relay_interval=0.05,
+        retry_min_backoff=0.05,
+    )
+
+
+@pytest.fixture
+def klaviyo() -> KlaviyoSandbox:
+    return KlaviyoSandbox()
+
+
+@pytest.fixture
+def ac() -> ActiveCampaignSandbox:
+    return ActiveCampaignSandbox(time_scale=100)
+
+
+@pytest.fixture
+def jobs(
+    settings: Settings, db: Database, store: NewStore, klaviyo: KlaviyoSandbox, ac: ActiveCampaignSandbox
+) -> Iterator[Jobs]:
+    cipher = CredentialCipher(settings.credentials_key)
+    with db.writer() as session:
+        connections.connect(session, cipher, store.id, "klaviyo", api_key=DEFAULT_API_KEY, base_url=KLAVIYO_URL)
+    connect_ac(db, settings, store, ac)
+    transport = Route({httpx.URL(KLAVIYO_URL).host: klaviyo, httpx.URL(AC_URL).host: ac})
+    broker = EmbeddedBroker()
+    yield Jobs(settings=settings, db=db, broker=broker, adapter_options=AdapterOptions(transport=transport))
+    broker.close()
+
+
+def drain(db: Database, jobs: Jobs, store_id: int) -> None:
+    """Project (the worker's way: suppressions are checked), fan out, and send everything due, until quiet."""
+    for _ in range(5):
+        jobs._project_events(store_id)
+        enqueue_due(db, jobs._deliver_outbox)
+        if not queue.claim_due(db, jobs._sync_items):
+            return
+
+
+def identify(message_id: str, **traits: Any) -> dict[str, Any]:
+    return {
+        "type": "identify",
+        "userId": "cus_zq",
+        "anonymousId": "anon-zq",
+        "messageId": message_id,
+        "traits": traits,
+        "context": {"ip": "203.0.113.77", "userAgent": "ZenoBrowser/1.0"},
+    }
+
+
+def consent(message_id: str, status: str) -> dict[str, Any]:
+    message = track("Consent Updated", message_id, "cus_zq", channel="email", status=status)
+    message["context"] = {"ip": "203.0.113.77", "userAgent": "ZenoBrowser/1.0"}
+    return message
+
+
+def the_person(client: FlaskClient, store: NewStore) -> None:
+    response = post_messages(
+        client,
+        store.write_key,
+        [
+            identify("zq-1", email=EMAIL, phone=PHONE, first_name="Zenobia", last_name="Quillfeather", pet="owl"),
+            consent("zq-2", "subscribed"),
+            track("Product Viewed", "zq-3", "cus_zq", product_id="p1", note="for Zenobia"),
+            track("Product Added", "zq-4", "cus_zq", cart_id="c-zq", product_id="p2", price=10, quantity=1),
+            track("Order Completed", "zq-5", "cus_zq", order_id="o-zq", total=25, products=[{"product_id": "p1"}]),
+            track("Waitlist Joined", "zq-6", "cus_zq", product_id="p3"),
+        ],
+    )
+    assert response.status_code == 200, response.json
+
+
+def at_klaviyo(klaviyo: KlaviyoSandbox) -> list[dict[str, Any]]:
+    return [p for p in klaviyo.state()["profiles"] if "zenobia" in str(p["attributes"].get("email"))]
+
+
+def at_ac(ac: ActiveCampaignSandbox) -> list[dict[str, Any]]:
+    return [c for c in ac.state()["contacts"] if "zenobia" in str(c.get("email"))]
+
+
+def test_erase_everywhere_then_suppressed(
+    client: FlaskClient,
+    db: Database,
+    settings: Settings,
+    store: NewStore,
+    jobs: Jobs,
+    klaviyo: KlaviyoSandbox,
+    ac: ActiveCampaignSandbox,
+) -> None:
+    the_person(client, store)
+    drain(db, jobs, store.id)
+    assert at_klaviyo(klaviyo) and at_ac(ac)  # known, and subscribed, at both before
+    assert any(p["id"] for p in at_klaviyo(klaviyo) if klaviyo.state()["subscriptions"].get(p["id"]))
+    with db.reader() as session:
+        assert session.scalar(sa.select(sa.func.count(Order.id)).where(Order.store_id == store.id)) == 1
+
+    erasure_id = erasure.erase(
+        db, CredentialCipher(settings.credentials_key), store.id, email=EMAIL, requested_by="dpo@shop.example"
+    )
+
+    # locally, at once: nothing personal in any column of any table (the ERASE items' payload, until sent, apart),
+    # non-personal aggregates kept
+    assert personal_data_left(db, store.id, NEEDLES, allowed=[("sync_items", "payload")]) == []
+    report = erasure.get(db, store.id, erasure_id)
+    assert report["status"] == "running"
+    local = report["report"]["local"]
+    assert local["contacts"] == 1 and local["identities"] >= 3 and local["events"] == 6
+    assert local["carts"] == 1 and local["waitlist_entries"] == 1 and local["orders"] == 1
+    assert local["consent_evidence"] >= 1 and local["suppressions"] == 2
+    assert report["report"]["esps"] == {
+        "activecampaign": {"status": "pending", "requests": 1, "error": None},
+        "klaviyo": {"status": "pending", "requests": 1, "error": None},
+    }
+    with db.reader() as session:
+        order = session.scalars(sa.select(Order).where(Order.store_id == store.id)).one()
+        assert order.contact_id is None and order.total_cents == 2500
+        events = session.scalars(sa.select(Event).where(Event.store_id == store.id)).all()
+        assert {e.message_id for e in events} == {f"zq-{i}" for i in range(1, 7)}  # kept: retries stay duplicates
+        assert all(e.contact_id is None and e.user_id is None and e.payload["erased"] for e in events)
+        erasure_rows = session.scalars(
+            sa.select(ConsentLedgerEntry).where(
+                ConsentLedgerEntry.store_id == store.id, ConsentLedgerEntry.action == "erasure"
+            )
+        ).all()
+        assert [(r.channel, r.status_after, r.method, r.actor) for r in erasure_rows] == [
+            ("email", "unsubscribed", "admin", "dpo@shop.example")
+        ]
+        assert [r.seq for r in erasure_rows] == report["report"]["ledger_seqs"]
+
+    # at the ESPs: the ERASE items go out, their identifiers are dropped once settled, the report completes
+    drain(db, jobs, store.id)
+    assert klaviyo.state()["deletions"] and at_klaviyo(klaviyo) == []
+    assert at_ac(ac) == []
+    report = erasure.get(db, store.id, erasure_id)
+    assert report["status"] == "done"
+    assert {esp: r["status"] for esp, r in report["report"]["esps"].items()} == {
+        "activecampaign": "done",
+        "klaviyo": "done",
+    }
+    with db.reader() as session:
+        erase_items = session.scalars(sa.select(SyncItem).where(SyncItem.kind == SyncKind.ERASE)).all()
+        assert [i.payload for i in erase_items] == [{}, {}]
+    assert personal_data_left(db, store.id, NEEDLES) == []
+    audit = pytest.importorskip("connector.audit")
+    assert audit.verify(db, store.id).ok
+
+    # they come back: recorded locally (ledger included), kept out of both ESPs
+    deletions = len(klaviyo.state()["deletions"])
+    response = post_messages(
+        client, store.write_key, [identify("zq-7", email=EMAIL, first_name="Zenobia"), consent("zq-8", "subscribed")]
+    )
+    assert response.status_code == 200
+    drain(db, jobs, store.id)
+    assert at_klaviyo(klaviyo) == [] and at_ac(ac) == []
+    assert len(klaviyo.state()["deletions"]) == deletions
+    with db.reader() as session:
+        back = session.scalars(
+            sa.select(Contact).where(Contact.store_id == store.id, Contact.erased_at.is_(None))
+        ).one()
+        assert back.suppressed_at is not None
+        grants = session.scalars(
+            sa.select(ConsentLedgerEntry).where(
+                ConsentLedgerEntry.store_id == store.id, ConsentLedgerEntry.contact_id == back.id
+            )
+        ).all()
+        assert [g.status_after for g in grants] == ["subscribed"]
+        sent = session.scalars(
+            sa.select(SyncItem).where(SyncItem.store_id == store.id, SyncItem.kind != SyncKind.ERASE)
+        ).all()
+        their_events = {str(e) for e in session.scalars(sa.select(Event.id).where(Event.contact_id == back.id))}
+        theirs = [
+            i
+            for i in sent
+            if (i.kind in (SyncKind.PROFILE, SyncKind.CONSENT) and i.subject_id.split(":")[0] == str(back.id))
+            or (i.kind == SyncKind.EVENT and i.subject_id in their_events)
+        ]
+        assert {i.kind for i in theirs} == {SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.EVENT}
+        assert theirs and {(i.status, i.last_error) for i in theirs} == {(SyncItemStatus.SKIPPED, "suppressed")}
+    assert audit.verify(db, store.id).ok
+
+
+def test_pending_sync_items_of_the_person_are_skipped(
+    client: FlaskClient, db: Database, settings: Settings, store: NewStore, jobs: Jobs
+) -> None:
+    the_person(client, store)
+    jobs._project_events(store.id)
+    enqueue_due(db, jobs._deliver_outbox)  # items pending, not yet sent
+    erasure.erase(db, CredentialCipher(settings.credentials_key), store.id, phone=PHONE, requested_by="dpo")
+    with db.reader() as session:
+        rows = session.scalars(sa.select(SyncItem).where(SyncItem.kind != SyncKind.ERASE)).all()
+        assert rows and {(i.status, i.last_error) for i in rows} == {(SyncItemStatus.SKIPPED, "erased")}
+        erase_items = session.scalars(sa.select(SyncItem).where(SyncItem.kind == SyncKind.ERASE)).all()
+        assert sorted(i.esp for i in erase_items) == ["activecampaign", "klaviyo"]
+        assert all(i.payload["email"] == EMAIL.lower() for i in erase_items)
+        assert all(i.payload["phone"] == "+4915123456789" for i in erase_items)
+    assert personal_data_left(db, store.id, NEEDLES, allowed=[("sync_items", "payload")]) == []
+
+
+def test_erase_by_contact_takes_merged_contacts_along(
+    client: FlaskClient, db: Database, settings: Settings, store: NewStore, jobs: Jobs
+) -> None:
+    anonymous = {"type": "track", "event": "Product Viewed", "anonymousId": "anon-zq", "messageId": "a1"}
+    anonymous["properties"] = {"product_id": "p1"}
+    post_messages(client, store.write_key, [anonymous])
+    jobs._project_events(store.id)
+    post_messages(client, store.write_key, [identify("zq-1", email=EMAIL, first_name="Zenobia")])
+    jobs._project_events(store.id)
+    with db.reader() as session:
+        contact_ids = list(session.scalars(sa.select(Contact.id).where(Contact.store_id == store.id)))
+    erasure_id = erasure.erase(
+        db, CredentialCipher(settings.credentials_key), store.id, contact_id=contact_ids[0], requested_by="dpo"
+    )
+    report = erasure.get(db, store.id, erasure_id)["report"]
+    assert sorted(report["contacts"]) == sorted(contact_ids)
+    assert personal_data_left(db, store.id, NEEDLES, allowed=[("sync_items", "payload")]) == []
+
+
+def test_bad_identifiers_nobody_and_no_key(db: Database, settings: Settings, store: NewStore, jobs: Jobs) -> None:
+    cipher = CredentialCipher(settings.credentials_key)
+    with pytest.raises(InvalidInput) as bad:
+        erasure.erase(db, cipher, store.id, email=EMAIL, phone=PHONE, requested_by="dpo")
+    assert bad.value.field == "identifier"
+    with pytest.raises(InvalidInput) as bad:
+        erasure.erase(db, cipher, store.id, email="not-an-email", requested_by="dpo")
+    assert bad.value.field == "email"
+    with pytest.raises(InvalidInput) as bad:
+        erasure.erase(db, cipher, store.id, phone="12", requested_by="dpo")
+    assert bad.value.field == "phone"
+    with pytest.raises(NotFound):
+        erasure.erase(db, cipher, store.id, email="nobody@example.org", requested_by="dpo")
+    with pytest.raises(CredentialsUnavailable):
+        erasure.erase(db, CredentialCipher(None), store.id, email="nobody@example.org", requested_by="dpo")
+    with db.reader() as session:
+        assert session.scalar(sa.select(sa.func.count(Erasure.id))) == 0
+        assert session.scalar(sa.select(sa.func.count(Suppression.id))) == 0
