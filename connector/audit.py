@@ -1,0 +1,241 @@
+"""Proving the consent ledger: chain verification, anchors kept outside the database, and exports.
+
+``verify`` streams a store's ledger in id order (the order rows were written) and recomputes each row's hash
+(connector/ledger.py). A healthy chain has, row after row, ``seq`` 1, 2, 3 …, each ``prev_hash`` equal to the
+previous ``entry_hash``, each ``entry_hash`` equal to the recomputed one, and its last row equal to the store's
+head row. The stream itself does no queries; only once something is wrong do a few targeted ones say what.
+
+An ``Anchor`` (seq + hash + time, printed by ``espbridge audit anchor``) is kept elsewhere; verifying against it
+proves that the rows up to it are still there and unchanged, which the head row alone cannot (whoever can delete
+the last rows can also rewind the head).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from . import ledger
+from .errors import InvalidInput
+from .store import ConsentLedgerEntry, LedgerHead, utcnow
+from .store.db import Database
+
+_LEDGER = ConsentLedgerEntry.__table__
+#: Rows fetched per round trip while streaming (server-side cursor on PostgreSQL).
+_BATCH = 10_000
+#: Missing seqs listed in a "deleted" problem at most.
+_LIST_MISSING = 20
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A store's ledger head at a moment: ``seq`` rows, the last one hashing to ``hash`` (None when empty)."""
+
+    store_id: int
+    seq: int
+    hash: str | None
+    at: dt.datetime
+
+    def text(self) -> str:
+        return json.dumps(
+            {"store_id": self.store_id, "seq": self.seq, "hash": self.hash, "at": ledger._timestamp(self.at)},
+            separators=(",", ":"),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return json.loads(self.text())  # type: ignore[no-any-return]
+
+    @classmethod
+    def parse(cls, text: str) -> Anchor:
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput("anchor", f"is not JSON ({exc})") from None
+        if not isinstance(data, dict):
+            raise InvalidInput("anchor", "must be a JSON object with store_id, seq, hash and at")
+        missing = [key for key in ("store_id", "seq", "hash", "at") if key not in data]
+        if missing:
+            raise InvalidInput("anchor", f"is missing {', '.join(missing)}")
+        store_id, seq, digest, at = data["store_id"], data["seq"], data["hash"], data["at"]
+        if not isinstance(store_id, int) or isinstance(store_id, bool) or store_id < 1:
+            raise InvalidInput("anchor.store_id", "must be a positive integer")
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise InvalidInput("anchor.seq", "must be an integer >= 0")
+        if seq == 0 and digest is not None:
+            raise InvalidInput("anchor.hash", "must be null for an empty ledger (seq 0)")
+        if seq > 0 and not _is_sha256(digest):
+            raise InvalidInput("anchor.hash", "must be 64 lowercase hex characters")
+        try:
+            when = dt.datetime.fromisoformat(at) if isinstance(at, str) else None
+        except ValueError:
+            when = None
+        if when is None or when.tzinfo is None:
+            raise InvalidInput("anchor.at", "must be an ISO 8601 UTC timestamp")
+        return cls(store_id=store_id, seq=seq, hash=digest, at=when.astimezone(dt.UTC))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """The first bad row. ``kind``: edited, deleted, inserted, reordered, truncated or anchor."""
+
+    id: int | None
+    seq: int | None
+    kind: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    store_id: int
+    ok: bool
+    rows: int
+    head_seq: int
+    head_hash: str | None
+    problem: Problem | None
+    anchor_checked: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def message(self) -> str:
+        if self.problem is None:
+            anchored = " and matches the anchor" if self.anchor_checked else ""
+            return f"store {self.store_id}: ledger intact{anchored}: {self.rows} rows, head seq {self.head_seq}"
+        p = self.problem
+        where = f"row id {p.id} seq {p.seq}" if p.id is not None else f"seq {p.seq}"
+        return f"store {self.store_id}: ledger BROKEN at {where}: {p.kind}: {p.detail}"
+
+
+def anchor(db: Database, store_id: int) -> Anchor:
+    """The store's current head (from the head row appenders maintain)."""
+    with db.reader() as session:
+        head = session.execute(
+            sa.select(LedgerHead.seq, LedgerHead.entry_hash).where(LedgerHead.store_id == store_id)
+        ).first()
+    seq, digest = (head[0], head[1]) if head is not None else (0, None)
+    return Anchor(store_id=store_id, seq=seq, hash=digest if seq else None, at=utcnow())
+
+
+def verify(db: Database, store_id: int, *, anchor: Anchor | None = None) -> Verification:
+    """Walk the store's whole chain; report the first bad row, if any (see the module docstring)."""
+    if anchor is not None and anchor.store_id != store_id:
+        raise InvalidInput("anchor", f"is for store {anchor.store_id}, not store {store_id}")
+    with db.reader() as session:
+        return _Walk(session, store_id, anchor).run()
+
+
+class _Walk:
+    def __init__(self, session: Session, store_id: int, anchor: Anchor | None) -> None:
+        self.session, self.store_id, self.anchor = session, store_id, anchor
+        self.rows = 0
+        self.last_id: int | None = None
+        self.last_seq = 0
+        self.last_hash = ledger.GENESIS
+
+    def run(self) -> Verification:
+        problem = self._stream() or self._check_end()
+        return Verification(
+            store_id=self.store_id,
+            ok=problem is None,
+            rows=self.rows,
+            head_seq=self.last_seq,
+            head_hash=self.last_hash if self.last_seq else None,
+            problem=problem,
+            anchor_checked=self.anchor is not None,
+        )
+
+    def _stream(self) -> Problem | None:
+        columns = [_LEDGER.c.id, *(_LEDGER.c[name] for name in ledger.HASHED_COLUMNS), _LEDGER.c.entry_hash]
+        query = sa.select(*columns).where(_LEDGER.c.store_id == self.store_id).order_by(_LEDGER.c.id)
+        result = self.session.execute(query, execution_options={"yield_per": _BATCH})
+        seq_at, prev_at = 1 + ledger.HASHED_COLUMNS.index("seq"), 1 + ledger.HASHED_COLUMNS.index("prev_hash")
+        anchor_seq = self.anchor.seq if self.anchor is not None else -1
+        row_hash = ledger.row_hash
+        try:
+            for row in result:
+                seq, stored = row[seq_at], row[-1]
+                if row_hash(row[1:-1]) != stored:
+                    return Problem(row[0], seq, "edited", "content does not match its entry_hash")
+                if seq != self.last_seq + 1 or row[prev_at] != self.last_hash:
+                    return self._classify(row[0], seq, row[prev_at])
+                if seq == anchor_seq and stored != self.anchor.hash:  # type: ignore[union-attr]
+                    return Problem(row[0], seq, "anchor", "entry_hash differs from the anchor's hash")
+                self.rows += 1
+                self.last_id, self.last_seq, self.last_hash = row[0], seq, stored
+        finally:
+            result.close()
+        return None
+
+    def _classify(self, row_id: int, seq: int, prev_hash: str) -> Problem:
+        """Name what went wrong where the chain broke, with a few targeted queries."""
+        expected = self.last_seq + 1
+        if seq > expected:
+            if self._ids_of_seq(expected):
+                return Problem(row_id, seq, "reordered", f"seq {seq} comes before seq {expected}")
+            present = set(
+                self.session.scalars(
+                    sa.select(_LEDGER.c.seq).where(
+                        _LEDGER.c.store_id == self.store_id, _LEDGER.c.seq.between(expected, seq - 1)
+                    )
+                )
+            )
+            missing = [s for s in range(expected, seq) if s not in present]
+            shown = ", ".join(map(str, missing[:_LIST_MISSING])) + (" …" if len(missing) > _LIST_MISSING else "")
+            return Problem(row_id, expected, "deleted", f"missing seq {shown} (before row id {row_id})")
+        if seq < expected:
+            if len(self._ids_of_seq(seq)) > 1:
+                return Problem(row_id, seq, "inserted", f"seq {seq} appears more than once")
+            return Problem(row_id, seq, "reordered", f"seq {seq} comes after seq {self.last_seq}")
+        # Right seq, self-consistent row, but it links to another hash: the row before it was rewritten whole
+        # (entry_hash recomputed), or this one was forged onto the chain.
+        if self.last_id is None:
+            return Problem(row_id, seq, "inserted", "first row does not start from the genesis hash")
+        return Problem(
+            self.last_id,
+            self.last_seq,
+            "edited",
+            f"its entry_hash is not the one the next row (id {row_id}) links to ({prev_hash[:12]}…)",
+        )
+
+    def _ids_of_seq(self, seq: int) -> list[int]:
+        query = sa.select(_LEDGER.c.id).where(_LEDGER.c.store_id == self.store_id, _LEDGER.c.seq == seq)
+        return list(self.session.scalars(query))
+
+    def _check_end(self) -> Problem | None:
+        """After the last row: nothing may be missing against the anchor or the head row."""
+        if self.anchor is not None and self.last_seq < self.anchor.seq:
+            return Problem(
+                None,
+                self.last_seq + 1,
+                "truncated",
+                f"ledger ends at seq {self.last_seq}, anchor has {self.anchor.seq}",
+            )
+        # Read after the stream: the head only grows, so it can be ahead (an append since) but never behind.
+        head = self.session.execute(
+            sa.select(LedgerHead.seq, LedgerHead.entry_hash).where(LedgerHead.store_id == self.store_id)
+        ).first()
+        head_seq, head_hash = (head[0], head[1]) if head is not None else (0, None)
+        if head_seq < self.last_seq:
+            extra = self._ids_of_seq(head_seq + 1)
+            return Problem(
+                extra[0] if extra else None,
+                head_seq + 1,
+                "inserted",
+                f"rows beyond the head row (head seq {head_seq}, ledger ends at seq {self.last_seq})",
+            )
+        if head_seq > self.last_seq and not self._ids_of_seq(self.last_seq + 1):
+            return Problem(
+                None, self.last_seq + 1, "truncated", f"ledger ends at seq {self.last_seq}, head row has {head_seq}"
+            )
+        if head_seq == self.last_seq and self.last_seq and head_hash != self.last_hash:
+            return Problem(self.last_id, self.last_seq, "edited", "entry_hash differs from the head row's")
+        return None
+
+
+def _is_sha256(value: object) -> bool:
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
