@@ -11,8 +11,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
-from . import ledger, outbox
-from .store import Channel, ConsentLedgerEntry, ConsentState, ConsentStatus, Contact
+from . import double_opt_in, ledger, outbox
+from .double_opt_in import DoubleOptIn
+from .store import Channel, ConsentLedgerEntry, ConsentState, ConsentStatus, Contact, Store
 
 ACTION_FOR_STATUS = {
     ConsentStatus.SUBSCRIBED: "grant",
@@ -50,12 +51,26 @@ def record(
     evidence_ref: str,
     actor: str = "storefront",
     action: str | None = None,
+    doi: DoubleOptIn | None = None,
 ) -> ConsentLedgerEntry:
     """Append the ledger row and move the state forward (never backward: an older event does not win).
 
     ``action`` names the consent event when the status alone does not (``bounce``, ``complaint``: an ESP webhook
     moving a person to unsubscribed); by default it follows the status (grant, withdraw, pending).
+
+    A grant on a channel the store runs double opt-in for is recorded as ``pending`` and a confirmation is
+    requested (``doi`` says how to make its link); only the confirmation itself (action ``confirm``) subscribes.
     """
+    confirming = False
+    if (
+        props.status == ConsentStatus.SUBSCRIBED
+        and action != "confirm"
+        and _requires_confirmation(session, store_id, props)
+    ):
+        if doi is None:
+            raise ValueError(f"store {store_id} requires double opt-in on {props.channel}; no link settings given")
+        props = props.model_copy(update={"status": ConsentStatus.PENDING})
+        action, confirming = "pending", True
     entry = ConsentLedgerEntry(
         store_id=store_id,
         contact_id=contact.id,
@@ -74,6 +89,8 @@ def record(
         evidence_ref=evidence_ref[:200],
     )
     ledger.append(session, entry, ip=_text(context.get("ip"), 64), user_agent=_text(context.get("userAgent"), 1000))
+    if confirming and doi is not None:
+        double_opt_in.request(session, doi, store_id, contact, entry)
     state = session.scalar(
         sa.select(ConsentState).where(
             ConsentState.store_id == store_id,
@@ -98,6 +115,11 @@ def record(
         return entry  # a late-arriving older event is evidence, but not the current state
     outbox.add(session, store_id, outbox.Topic.CONSENT_CHANGED, contact.id, {"channel": props.channel})
     return entry
+
+
+def _requires_confirmation(session: Session, store_id: int, props: ConsentProperties) -> bool:
+    channels = session.scalar(sa.select(Store.double_opt_in).where(Store.id == store_id)) or []
+    return str(props.channel) in channels
 
 
 def _text(value: Any, limit: int) -> str | None:

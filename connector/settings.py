@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     projection_batch_size: int = Field(
         100, ge=1, description="Raw events projected per transaction (bounds how long SQLite's write lock is held)."
     )
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="The service's public base URL; double opt-in confirmation and unsubscribe links start with it.",
+    )
+    double_opt_in_ttl: float = Field(
+        7 * 86400.0, gt=0, description="Seconds a double opt-in confirmation link stays valid (7 days)."
+    )
     log_level: str = Field("INFO", description="Python logging level.")
 
     @property

@@ -21,13 +21,14 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.config.update(SECRET_KEY=secret, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES, JSON_SORT_KEYS=False)
     app.extensions["espbridge"] = runtime or Runtime(settings)
 
-    from . import admin, errors, ingest, openapi, webhooks
+    from . import admin, consent_pages, errors, ingest, openapi, webhooks
 
     errors.init_app(app)
     app.register_blueprint(ingest.bp)
     app.register_blueprint(admin.bp)
     app.register_blueprint(openapi.bp)
     app.register_blueprint(webhooks.bp)
+    app.register_blueprint(consent_pages.bp)
     return app
 
 

@@ -94,12 +94,52 @@ def stores_list(ctx: Context, as_json: bool) -> None:
     try:
         with db.reader() as session:
             rows = [
-                {"id": s.id, "name": s.name, "timezone": s.timezone}
+                {"id": s.id, "name": s.name, "timezone": s.timezone, "double_opt_in": list(s.double_opt_in or [])}
                 for s in session.scalars(sa.select(Store).order_by(Store.id))
             ]
     finally:
         db.dispose()
-    emit({"stores": rows}, as_json, [f"{r['id']}\t{r['name']}\t{r['timezone']}" for r in rows])
+    lines = [f"{r['id']}\t{r['name']}\t{r['timezone']}\tdouble opt-in: {_channels(r['double_opt_in'])}" for r in rows]
+    emit({"stores": rows}, as_json, lines)
+
+
+def _channels(channels: Any) -> str:
+    return ", ".join(channels) or "off"
+
+
+@stores.command("double-opt-in")
+@click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
+@click.option("--channels", help="Comma-separated channels whose grants wait for a confirmation (email,sms,…).")
+@click.option("--off", is_flag=True, help="Turn double opt-in off on every channel.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@pass_context
+def stores_double_opt_in(ctx: Context, store_id: int | None, channels: str | None, off: bool, as_json: bool) -> None:
+    """Require a confirmation (double opt-in) for new grants on some channels, or turn it off."""
+    from connector.store import Channel
+
+    if off == (channels is not None):
+        raise click.UsageError("give exactly one of --channels and --off")
+    chosen = [] if off else sorted({c.strip() for c in (channels or "").split(",") if c.strip()})
+    unknown = [c for c in chosen if c not in set(Channel)]
+    if unknown or not (off or chosen):
+        raise click.BadParameter(
+            f"unknown channel(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(Channel)}",
+            param_hint="--channels",
+        )
+    db = connect(ctx.settings.database_url)
+    try:
+        with db.writer() as session:
+            store = find_store(session, store_id)
+            store.double_opt_in = chosen
+    except EspbridgeError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        db.dispose()
+    emit(
+        {"store_id": store.id, "double_opt_in": chosen},
+        as_json,
+        [f"store {store.id} double opt-in: {', '.join(chosen) or 'off'}"],
+    )
 
 
 @main.group()

@@ -41,6 +41,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from .. import phones
 from ..commerce import OrderProperties
 from ..store import Channel, ConsentStatus, Contact
 from .activecampaign import MAX_EVENT_NAME, AcContact, ActiveCampaignClient, is_duplicate
@@ -299,6 +300,8 @@ class ActiveCampaignAdapter:
         if change.channel == Channel.EMAIL and change.action in ("bounce", "complaint"):
             return (list_id, 2)  # AC v3 has no per-contact suppression: unsubscribe from the list
         if change.status == ConsentStatus.SUBSCRIBED:
+            if change.channel == Channel.SMS and phones.e164(change.contact.phone) is None:
+                return "no E.164 phone number (ActiveCampaign texts only such numbers)"
             return (list_id, 1)
         if change.status == ConsentStatus.UNSUBSCRIBED:
             return (list_id, 2)
@@ -336,7 +339,11 @@ class ActiveCampaignAdapter:
         if isinstance(plan, str):
             return plan
         list_id, status = plan
-        if contact_id is None:
+        phone = phones.e164(change.contact.phone) if change.channel == Channel.SMS and status == 1 else None
+        if phone is not None:  # AC refuses an SMS list member without a phone: make sure the contact has ours
+            contact_id = self.client.sync_contact(AcContact(email=change.contact.email or "", phone=phone))
+            self._contact_ids[(change.contact.email or "").lower()] = contact_id
+        elif contact_id is None:
             contact_id = self._contact_id(change.contact, create=True)
         assert contact_id is not None
         sourceid: int | None = None

@@ -29,6 +29,7 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from .. import phones
 from ..errors import InvalidInput
 from ..store import Channel, ConsentStatus, Contact, Event
 from .errors import (
@@ -1032,8 +1033,8 @@ def plan_consent(
         return ConsentPlan("suppress", email=contact.email) if contact.email else ConsentPlan("none")
     if channel == Channel.EMAIL and contact.email:
         update = ConsentUpdate(email=contact.email, email_marketing=True)
-    elif channel == Channel.SMS and contact.phone:
-        update = ConsentUpdate(phone_number=contact.phone, sms_marketing=True)
+    elif channel == Channel.SMS and phones.e164(contact.phone):  # Klaviyo texts E.164 numbers only
+        update = ConsentUpdate(phone_number=phones.e164(contact.phone), sms_marketing=True)
     else:
         return ConsentPlan("none")
     if status == ConsentStatus.SUBSCRIBED:

@@ -18,8 +18,10 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from .. import catalog, commerce, consent, identity, outbox, waitlists
-from ..store import Contact, Database, Event, Store, utcnow
+from .. import catalog, commerce, consent, identity, outbox, phones, waitlists
+from ..double_opt_in import DoubleOptIn
+from ..store import Channel, ConsentStatus, Contact, Database, Event, Store, utcnow
+from ..suppression import check as suppression_check
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +30,10 @@ class ProjectionError(Exception):
     """An event whose content cannot be applied; the message says why (stored on the event)."""
 
 
-def project_pending(db: Database, store_id: int, *, batch_size: int = 100) -> int:
-    """Project up to ``batch_size`` of the store's pending events, oldest first; returns how many."""
+def project_pending(db: Database, store_id: int, *, batch_size: int = 100, doi: DoubleOptIn | None = None) -> int:
+    """Project up to ``batch_size`` of the store's pending events, oldest first; returns how many.
+
+    ``doi`` makes the confirmation links of grants on double opt-in channels (without it such a grant fails)."""
     with db.reader() as session:
         if not _has_pending(session, store_id):
             return 0  # the common case: a cheap read, no write lock taken
@@ -49,7 +53,7 @@ def project_pending(db: Database, store_id: int, *, batch_size: int = 100) -> in
         for event in events:
             try:
                 with session.begin_nested():
-                    event.contact_id = _project(session, event)
+                    event.contact_id = _project(session, event, doi)
             except (ProjectionError, ValidationError) as exc:
                 event.projection_error = _describe(exc)
                 log.info("store %s event %s not projected: %s", store_id, event.message_id, event.projection_error)
@@ -69,7 +73,7 @@ def _has_pending(session: Session, store_id: int) -> bool:
     return session.scalar(pending) is not None
 
 
-def _project(session: Session, event: Event) -> int | None:
+def _project(session: Session, event: Event, doi: DoubleOptIn | None = None) -> int | None:
     payload = event.payload
     store_id = event.store_id
     if event.type == "alias":
@@ -87,16 +91,19 @@ def _project(session: Session, event: Event) -> int | None:
         contact.last_seen_at = max(contact.last_seen_at or event.timestamp, event.timestamp)
     if event.type == "identify" and contact is not None and isinstance(traits, dict):
         _apply_traits(contact, traits, payload.get("context") or {})
+        suppression_check(session, store_id, contact, doi.cipher if doi else None)
         outbox.add(session, store_id, outbox.Topic.CONTACT_UPSERT, contact.id)
     elif event.type == "track" and event.name is not None:
-        _project_track(session, event, contact)
+        _project_track(session, event, contact, doi)
     return contact.id if contact else None
 
 
-def _project_track(session: Session, event: Event, contact: Contact | None) -> None:
+def _project_track(session: Session, event: Event, contact: Contact | None, doi: DoubleOptIn | None) -> None:
     handler = TRACK_HANDLERS.get(event.name or "")
     properties = event.payload.get("properties") or {}
-    if handler is not None:
+    if event.name == "Consent Updated":
+        _consent(session, event, contact, consent.ConsentProperties.model_validate(properties), doi)
+    elif handler is not None:
         model, apply = handler
         apply(session, event, contact, model.model_validate(properties))
     if contact is not None:
@@ -109,16 +116,36 @@ def _needs(contact: Contact | None, event: Event) -> Contact:
     return contact
 
 
-def _consent(session: Session, event: Event, contact: Contact | None, props: Any) -> None:
+def _consent(
+    session: Session, event: Event, contact: Contact | None, props: consent.ConsentProperties, doi: DoubleOptIn | None
+) -> None:
+    contact = _needs(contact, event)
+    if props.channel == Channel.SMS and props.status == ConsentStatus.SUBSCRIBED:
+        _sms_phone(contact, (event.payload.get("properties") or {}).get("phone"))
     consent.record(
         session,
         event.store_id,
-        _needs(contact, event),
+        contact,
         props,
         occurred_at=event.timestamp,
         context=event.payload.get("context") or {},
         evidence_ref=event.message_id,
+        doi=doi,
     )
+
+
+def _sms_phone(contact: Contact, given: Any) -> None:
+    """An SMS grant needs an E.164 number: the event's ``phone`` (then kept on the contact) or the contact's."""
+    if given is not None:
+        phone = phones.e164(given)
+        if phone is None:
+            raise ProjectionError("properties.phone: not an E.164 phone number (+ and 2-15 digits)")
+        contact.phone = phone
+    elif phones.e164(contact.phone) is None:
+        raise ProjectionError(
+            "properties.phone: an SMS subscription needs an E.164 phone number; "
+            "the contact has none and the event gives none"
+        )
 
 
 def _order_status(status: str) -> Callable[[Session, Event, Contact | None, Any], None]:
@@ -153,7 +180,6 @@ TRACK_HANDLERS: dict[str, Handler] = {
     ),
     "Order Refunded": (commerce.OrderRefProperties, _order_status("refunded")),
     "Order Cancelled": (commerce.OrderRefProperties, _order_status("cancelled")),
-    "Consent Updated": (consent.ConsentProperties, _consent),
     "Waitlist Joined": (
         waitlists.WaitlistProperties,
         lambda s, e, c, p: waitlists.join(s, e.store_id, _needs(c, e), p, e.timestamp),

@@ -709,6 +709,11 @@ class ActiveCampaignSandbox:
         status = _sid(data["status"])
         if status not in ("1", "2"):
             raise unprocessable("status must be 1 (subscribe) or 2 (unsubscribe).", "/contactList/status")
+        if status == "1" and self.lists[lid].get("channel") == "sms" and not contact.get("phone"):
+            # AC sends SMS to the contact's phone: subscribing a contact without one to an SMS list is refused.
+            raise unprocessable(
+                "Contact must have a phone number to be subscribed to an SMS list.", "/contactList/contact"
+            )
         membership, changed = self.set_list_status(
             contact["id"], lid, int(status), sourceid=int(_sid(data.get("sourceid") or 0) or 0)
         )

@@ -937,6 +937,11 @@ class KlaviyoSandbox:
                         raise invalid("consented_at is required when historical_import is true.", pointer)
                     if consent.get("consented_at") and not historical:
                         raise invalid("consented_at is only allowed when historical_import is true.", pointer)
+            if "sms" in (record["attributes"].get("subscriptions") or {}) and not record["attributes"].get(
+                "phone_number"
+            ):  # Klaviyo texts a number, so an SMS subscription names one
+                pointer = f"/data/attributes/profiles/data/{i}/attributes/phone_number"
+                raise invalid("A phone number is required to subscribe a profile to SMS.", pointer)
         self._check_records("bulk_subscribe_profiles", _profile_records(records))
         for i, record in enumerate(records):
             attributes = record["attributes"]

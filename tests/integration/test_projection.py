@@ -800,7 +800,7 @@ def test_every_consent_event_is_its_own_ledger_row_and_the_latest_wins(
         [
             at(consent("c1", channel="email", status="pending"), T0),
             at(consent("c2", channel="email", status="subscribed"), T1),
-            at(consent("c3", channel="sms", status="subscribed", method="checkbox"), T1),
+            at(consent("c3", channel="sms", status="subscribed", method="checkbox", phone="+15555550100"), T1),
             at(consent("c4", channel="email", status="unsubscribed", method="link"), T2),
         ],
     )
@@ -1127,7 +1127,7 @@ def test_outbox_rows_are_written_for_consent_orders_and_tracked_events(
         store,
         [
             track("Product Viewed", "m1", product_id="p1"),
-            consent("m2", channel="sms", status="subscribed"),
+            consent("m2", channel="sms", status="subscribed", phone="+15555550100"),
             track("Order Completed", "m3", order_id="o-1", total=5),
             track("Order Refunded", "m4", order_id="o-1"),
         ],

@@ -1,0 +1,91 @@
+"""Double opt-in: a grant on a channel the store protects waits, as "pending", for the person to confirm.
+
+The pending grant makes a ``ConsentConfirmation`` (only the SHA-256 of its random token is stored, so a copy of
+the database cannot confirm anyone) and a tracked event "Consent Confirmation Requested" carrying the link; the
+normal sync sends that event to every connected ESP, where a flow mails it. Nothing is subscribed at an ESP until
+the confirmation is recorded (connector/confirmations.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import secrets
+
+from sqlalchemy.orm import Session
+
+from . import outbox, preferences
+from .credentials import CredentialCipher
+from .settings import Settings
+from .store import ConsentConfirmation, ConsentLedgerEntry, Contact, Event, utcnow
+
+EVENT_NAME = "Consent Confirmation Requested"
+
+
+@dataclasses.dataclass(frozen=True)
+class DoubleOptIn:
+    """What a pending grant needs to make its link: where the service is reached, how long a link lives."""
+
+    public_url: str
+    ttl: dt.timedelta
+    cipher: CredentialCipher
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> DoubleOptIn:
+        return cls(
+            settings.public_url.rstrip("/"),
+            dt.timedelta(seconds=settings.double_opt_in_ttl),
+            CredentialCipher(settings.credentials_key),
+        )
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def request(
+    session: Session, config: DoubleOptIn, store_id: int, contact: Contact, pending: ConsentLedgerEntry
+) -> ConsentConfirmation:
+    """Make the confirmation for the ``pending`` ledger row and the event that carries its link outward."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    confirmation = ConsentConfirmation(
+        store_id=store_id,
+        contact_id=contact.id,
+        channel=pending.channel,
+        purpose=pending.purpose,
+        token_hash=token_hash(token),
+        pending_entry_id=pending.id,
+        created_at=now,
+        expires_at=now + config.ttl,
+    )
+    session.add(confirmation)
+    session.flush()
+    properties = {
+        "channel": pending.channel,
+        "confirm_url": f"{config.public_url}/consent/confirm/{token}",
+        "expires_at": confirmation.expires_at.replace(tzinfo=dt.UTC).isoformat(),
+        "unsubscribe_url": preferences.unsubscribe_url(
+            session, config.public_url, config.cipher, store_id, contact.id, pending.channel
+        ),
+    }
+    if pending.purpose:
+        properties["list_id"] = pending.purpose
+    message_id = f"espbridge-doi-{confirmation.id}"
+    event = Event(
+        store_id=store_id,
+        message_id=message_id,
+        type="track",
+        name=EVENT_NAME,
+        contact_id=contact.id,
+        timestamp=now,
+        received_at=now,
+        # Made here, not ingested: already projected, so the projector never sees it.
+        payload={"type": "track", "event": EVENT_NAME, "messageId": message_id, "properties": properties},
+        projected_at=now,
+    )
+    session.add(event)
+    session.flush()
+    outbox.add(session, store_id, outbox.Topic.EVENT_TRACKED, event.id, {"name": EVENT_NAME})
+    return confirmation

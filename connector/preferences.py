@@ -1,0 +1,32 @@
+"""Signed preference links: a person unsubscribes from a channel without logging in.
+
+The link carries the store, contact and channel in clear and an HMAC over them with the store's key
+(connector/store_keys.py), so it cannot be forged or moved to another person or channel.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from sqlalchemy.orm import Session
+
+from . import store_keys
+from .credentials import CredentialCipher
+
+
+def signature(session: Session, cipher: CredentialCipher, store_id: int, contact_id: int, channel: str) -> str:
+    return store_keys.digest(store_keys.hmac_key(session, store_id, cipher), f"unsubscribe:{contact_id}:{channel}")
+
+
+def unsubscribe_url(
+    session: Session, public_url: str, cipher: CredentialCipher, store_id: int, contact_id: int, channel: str
+) -> str:
+    sig = signature(session, cipher, store_id, contact_id, channel)
+    return f"{public_url.rstrip('/')}/consent/unsubscribe/{store_id}/{contact_id}/{channel}/{sig}"
+
+
+def verify(
+    session: Session, cipher: CredentialCipher, store_id: int, contact_id: int, channel: str, given: str
+) -> bool:
+    """True when ``given`` is the link's signature (constant-time: timing tells nothing about the right one)."""
+    return hmac.compare_digest(signature(session, cipher, store_id, contact_id, channel), given)
