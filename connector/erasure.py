@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import consent, store_keys, suppression
-from .credentials import CredentialCipher
+from .credentials import CredentialCipher, CredentialsUnavailable
 from .errors import InvalidInput, NotFound
 from .identity import normalise_email
 from .store import (
@@ -67,7 +67,12 @@ def erase(
     """
     kind, normal = _identifier(email=email, phone=phone, contact_id=contact_id)
     with db.writer() as session:
-        key = store_keys.hmac_key(session, store_id, cipher)  # first: fails before anything is changed
+        try:  # first: fails before anything is changed
+            key = store_keys.hmac_key(session, store_id, cipher)
+        except CredentialsUnavailable as exc:
+            raise CredentialsUnavailable(
+                f"an erasure keeps suppressions keyed with the store's secret: {exc}"
+            ) from None
         people = _find(session, store_id, kind, normal, phone.strip() if phone else None)
         if not people:
             raise NotFound(f"no contact matches that {kind}")

@@ -23,6 +23,7 @@ from connector.tenancy import create_admin_user, create_store, find_store
 
 from .cli_consent import consent
 from .cli_context import Context, emit, pass_context
+from .cli_erasure import erase, erasures
 from .cli_sync import dead_letters, sync
 
 
@@ -536,6 +537,8 @@ def esp_disconnect(ctx: Context, esp_name: str, store_id: int | None) -> None:
 main.add_command(sync)
 main.add_command(dead_letters)
 main.add_command(consent)
+main.add_command(erase)
+main.add_command(erasures)
 
 if __name__ == "__main__":
     main()

@@ -7,12 +7,14 @@ later "Identify" / "Consent Updated" for the same email is recorded but kept out
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from connector import erasure
@@ -44,6 +46,7 @@ from tests.conftest import post_messages, track
 from tests.erasure_support import personal_data_left
 from tests.integration.test_sync_engine_activecampaign import URL as AC_URL
 from tests.integration.test_sync_engine_activecampaign import connect as connect_ac
+from web.cli import main as cli
 
 KLAVIYO_URL = "http://klaviyo.sandbox"
 EMAIL = "Zenobia.Quillfeather@Example.org"
@@ -301,3 +304,81 @@ def test_bad_identifiers_nobody_and_no_key(db: Database, settings: Settings, sto
     with db.reader() as session:
         assert session.scalar(sa.select(sa.func.count(Erasure.id))) == 0
         assert session.scalar(sa.select(sa.func.count(Suppression.id))) == 0
+
+
+def test_admin_api_compliance_only(
+    client: FlaskClient,
+    db: Database,
+    store: NewStore,
+    jobs: Jobs,
+    klaviyo: KlaviyoSandbox,
+    admin_token: Callable[..., str],
+) -> None:
+    the_person(client, store)
+    drain(db, jobs, store.id)
+    compliance = {"Authorization": f"Bearer {admin_token('compliance')}"}
+    for role in ("admin", "marketer", "viewer"):
+        other = {"Authorization": f"Bearer {admin_token(role)}"}
+        assert client.post("/admin/api/erasures", json={"email": EMAIL}, headers=other).status_code == 403
+        assert client.get("/admin/api/erasures/1", headers=other).status_code == 403
+    assert client.post("/admin/api/erasures", json={"email": EMAIL}).status_code == 401
+
+    bad = [
+        ({}, "body"),
+        ({"email": EMAIL, "phone": PHONE}, "body"),
+        ({"email": "nope"}, "email"),
+        ({"phone": "12"}, "phone"),
+        ({"contact_id": "1"}, "contact_id"),
+        ({"name": "Zenobia"}, "name"),
+    ]
+    for body, field in bad:
+        response = client.post("/admin/api/erasures", json=body, headers=compliance)
+        assert (response.status_code, response.get_json()["field"]) == (400, field), body
+    missing = client.post("/admin/api/erasures", json={"email": "nobody@example.org"}, headers=compliance)
+    assert missing.status_code == 404
+    assert client.get("/admin/api/erasures/999", headers=compliance).status_code == 404
+
+    created = client.post("/admin/api/erasures", json={"email": EMAIL}, headers=compliance)
+    assert created.status_code == 202
+    body = created.get_json()
+    assert body["status"] == "running" and body["identifier_kind"] == "email"
+    assert body["requested_by"].endswith("-compliance@example.com")
+    assert EMAIL.lower() not in json.dumps(body)  # the report never repeats the identifier
+    drain(db, jobs, store.id)
+    shown = client.get(f"/admin/api/erasures/{body['id']}", headers=compliance).get_json()
+    assert shown["status"] == "done" and shown["report"]["esps"]["klaviyo"]["status"] == "done"
+    assert klaviyo.state()["deletions"]
+
+
+def test_cli_erase_and_show(
+    client: FlaskClient,
+    db: Database,
+    settings: Settings,
+    store: NewStore,
+    jobs: Jobs,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    the_person(client, store)
+    drain(db, jobs, store.id)
+    monkeypatch.setenv("ESPBRIDGE_DATABASE_URL", settings.database_url)
+    runner = CliRunner()
+    refused = runner.invoke(cli, ["erase", "--email", EMAIL, "--wait", "0"])
+    assert refused.exit_code == 2 and "ESPBRIDGE_CREDENTIALS_KEY is not set" in refused.output
+    assert settings.credentials_key is not None
+    monkeypatch.setenv("ESPBRIDGE_CREDENTIALS_KEY", settings.credentials_key.get_secret_value())
+    both = runner.invoke(cli, ["erase", "--email", EMAIL, "--phone", PHONE, "--wait", "0"])
+    assert both.exit_code == 2 and "exactly one of email, phone, contact_id" in both.output
+
+    erased = runner.invoke(cli, ["erase", "--email", EMAIL, "--wait", "0", "--json"])
+    assert erased.exit_code == 0, erased.output
+    report = json.loads(erased.output)
+    assert report["status"] == "running" and report["requested_by"].startswith("cli:")
+    assert set(report["report"]["esps"]) == {"klaviyo", "activecampaign"}
+    drain(db, jobs, store.id)
+    shown = runner.invoke(cli, ["erasures", "show", str(report["id"])])
+    assert shown.exit_code == 0, shown.output
+    assert f"erasure {report['id']}: done" in shown.output
+    assert "klaviyo: done" in shown.output and "activecampaign: done" in shown.output
+    assert "erased here:" in shown.output and "carts 1" in shown.output
+    again = runner.invoke(cli, ["erase", "--email", EMAIL, "--wait", "0"])
+    assert again.exit_code == 2 and "no contact matches that email" in again.output
