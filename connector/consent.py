@@ -65,7 +65,7 @@ def record(
     if (
         props.status == ConsentStatus.SUBSCRIBED
         and action != "confirm"
-        and _requires_confirmation(session, store_id, props)
+        and _requires_confirmation(session, store_id, contact, props)
     ):
         if doi is None:
             raise ValueError(f"store {store_id} requires double opt-in on {props.channel}; no link settings given")
@@ -117,9 +117,20 @@ def record(
     return entry
 
 
-def _requires_confirmation(session: Session, store_id: int, props: ConsentProperties) -> bool:
+def _requires_confirmation(session: Session, store_id: int, contact: Contact, props: ConsentProperties) -> bool:
+    """True for a grant on a double opt-in channel from someone not subscribed on it already (a checkout box
+    ticked again by a confirmed subscriber neither sends another confirmation nor sets them back to pending)."""
     channels = session.scalar(sa.select(Store.double_opt_in).where(Store.id == store_id)) or []
-    return str(props.channel) in channels
+    if str(props.channel) not in channels:
+        return False
+    current = session.scalar(
+        sa.select(ConsentState.status).where(
+            ConsentState.store_id == store_id,
+            ConsentState.contact_id == contact.id,
+            ConsentState.channel == props.channel,
+        )
+    )
+    return current != ConsentStatus.SUBSCRIBED
 
 
 def _text(value: Any, limit: int) -> str | None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hmac
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import store_keys
 from .credentials import CredentialCipher
+from .store import Store
 
 
 def signature(session: Session, cipher: CredentialCipher, store_id: int, contact_id: int, channel: str) -> str:
@@ -28,5 +30,9 @@ def unsubscribe_url(
 def verify(
     session: Session, cipher: CredentialCipher, store_id: int, contact_id: int, channel: str, given: str
 ) -> bool:
-    """True when ``given`` is the link's signature (constant-time: timing tells nothing about the right one)."""
+    """True when ``given`` is the link's signature (constant-time: timing tells nothing about the right one).
+
+    A store without a key has signed no link: False, and no key is made (a read transaction is enough)."""
+    if session.scalar(sa.select(Store.hmac_key).where(Store.id == store_id)) is None:
+        return False
     return hmac.compare_digest(signature(session, cipher, store_id, contact_id, channel), given)

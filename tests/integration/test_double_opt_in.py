@@ -209,3 +209,17 @@ def test_the_cli_turns_double_opt_in_on_and_off(database_url: str, db: Database,
     assert run(database_url, "stores", "double-opt-in", "--store", str(store.id), "--off").exit_code == 0
     with db.reader() as session:
         assert session.scalar(sa.select(Store.double_opt_in).where(Store.id == store.id)) == []
+
+
+def test_a_confirmed_subscriber_granting_again_is_not_asked_again(
+    client: FlaskClient, db: Database, store: NewStore, esps: consent_esps.Esps
+) -> None:
+    require_email_confirmation(db, store.id)
+    assert client.post(sign_up(client, store, esps)).status_code == 200
+    post_messages(client, store.write_key, [track("Consent Updated", "c9", "u1", channel="email", status="subscribed")])
+    esps.drain(store.id)
+    assert [e.action for e in ledger(db, store.id)] == ["pending", "confirm", "grant"]
+    assert state(db, store.id) == "subscribed"
+    with db.reader() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(ConsentConfirmation)) == 1
+    assert esps.klaviyo_consent(EMAIL).get("email") == "SUBSCRIBED"
