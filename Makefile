@@ -30,12 +30,15 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sdk.py
 
-.PHONY: bench-sync bench-sync-ac
+.PHONY: bench-sync bench-sync-ac bench-audit
 bench-sync: system-deps $(STAMP)
 	$(BIN)/python bench/sync_klaviyo.py
 
 bench-sync-ac: system-deps $(STAMP)
 	$(BIN)/python bench/sync_activecampaign.py
+
+bench-audit: system-deps $(STAMP)
+	$(BIN)/python bench/audit_verify.py
 
 system-deps:
 	scripts/install-system-deps.sh

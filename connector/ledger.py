@@ -31,6 +31,9 @@ GENESIS = "0" * 64
 #: Bumped if the canonical form ever changes; part of every hashed row.
 HASH_VERSION = "v1"
 
+#: ``json.dumps`` with these options, without its per-call set-up (it runs once per row verified).
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
 #: Columns in the order they are hashed. Changing this list is a new HASH_VERSION.
 HASHED_COLUMNS: Sequence[str] = (
     "store_id",
@@ -60,10 +63,8 @@ def canonical(values: Sequence[Any]) -> bytes:
 
     Datetimes are UTC with microseconds, so the text is the same whichever database returned them.
     """
-    parts: list[Any] = [HASH_VERSION]
-    for value in values:
-        parts.append(_timestamp(value) if isinstance(value, dt.datetime) else value)
-    return json.dumps(parts, ensure_ascii=False, separators=(",", ":")).encode()
+    parts = [HASH_VERSION, *(_timestamp(v) if isinstance(v, dt.datetime) else v for v in values)]
+    return _encode(parts).encode()
 
 
 def row_hash(values: Sequence[Any]) -> str:
@@ -77,7 +78,11 @@ def entry_hash(entry: ConsentLedgerEntry) -> str:
 def _timestamp(value: dt.datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("ledger timestamps are UTC-aware")
-    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    value = value.astimezone(dt.UTC)
+    if value.year < 1000:  # isoformat pads the year to 4 digits, strftime("%Y") does not: keep strftime's text
+        return value.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The same text as strftime("%Y-%m-%dT%H:%M:%S.%fZ") at a third of the cost (audit.verify runs it per row)
+    return value.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def evidence_digest(salt: str, ip: str | None, user_agent: str | None) -> str:
