@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from . import double_opt_in, ledger, outbox
 from .double_opt_in import DoubleOptIn
+from .errors import InvalidInput
 from .store import Channel, ConsentLedgerEntry, ConsentState, ConsentStatus, Contact, Store
 
 ACTION_FOR_STATUS = {
@@ -68,7 +69,10 @@ def record(
         and _requires_confirmation(session, store_id, contact, props)
     ):
         if doi is None:
-            raise ValueError(f"store {store_id} requires double opt-in on {props.channel}; no link settings given")
+            # The caller cannot make the confirmation link: refuse rather than subscribe without a confirmation.
+            raise InvalidInput(
+                "status", f"store {store_id} requires double opt-in on {props.channel}: a grant must be confirmed"
+            )
         props = props.model_copy(update={"status": ConsentStatus.PENDING})
         action, confirming = "pending", True
     entry = ConsentLedgerEntry(

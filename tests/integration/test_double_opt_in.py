@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,12 +24,13 @@ from connector.store import (
     ConsentEvidence,
     ConsentLedgerEntry,
     ConsentState,
+    Contact,
     Database,
     Event,
     Store,
 )
 from connector.tenancy import NewStore
-from tests.conftest import post_messages, track
+from tests.conftest import post_messages, project_all, track
 from tests.integration import consent_esps
 from web.cli import main as cli
 
@@ -223,3 +224,20 @@ def test_a_confirmed_subscriber_granting_again_is_not_asked_again(
     with db.reader() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(ConsentConfirmation)) == 1
     assert esps.klaviyo_consent(EMAIL).get("email") == "SUBSCRIBED"
+
+
+def test_an_admin_grant_on_a_double_opt_in_channel_is_refused_naming_the_field(
+    client: FlaskClient, db: Database, store: NewStore, admin_token: Callable[..., str]
+) -> None:
+    require_email_confirmation(db, store.id)
+    post_messages(client, store.write_key, [{"type": "identify", "userId": "u1", "messageId": "i1", "traits": {}}])
+    project_all(db, store.id)
+    with db.reader() as session:
+        contact_id = session.scalar(sa.select(Contact.id))
+    response = client.post(
+        f"/admin/api/contacts/{contact_id}/consent",
+        json={"channel": "email", "status": "subscribed"},
+        headers={"Authorization": f"Bearer {admin_token('admin')}"},
+    )
+    assert response.status_code == 400 and "double opt-in" in response.json["error"], response.json
+    assert ledger(db, store.id) == []
