@@ -21,7 +21,7 @@ from connector.store import ConsentLedgerEntry, Contact, Database, Event
 from connector.tenancy import NewStore
 from tests.conftest import post_messages, project_all, track
 from tests.integration import consent_esps
-from tests.integration.test_sandbox_activecampaign import Clock, post, set_status, sync
+from tests.integration.test_sandbox_activecampaign import Clock, H, bulk, post, set_status, sync
 from tests.integration.test_sandbox_klaviyo import call
 from tests.unit.test_activecampaign_adapter import adapter_for, make_list
 
@@ -170,6 +170,17 @@ def test_the_activecampaign_sandbox_refuses_an_sms_list_member_without_a_phone()
 
     sync(client, EMAIL, phone=PHONE)
     assert set_status(client, contact, sms_list, 1).status_code == 200
+
+    # The bulk importer fails such a contact too (and imports one with a phone)
+    batch = bulk(
+        client,
+        [
+            {"email": "no@x.test", "subscribe": [{"listid": sms_list}]},
+            {"email": "yes@x.test", "phone": PHONE, "subscribe": [{"listid": sms_list}]},
+        ],
+    )
+    info = client.get(f"/api/3/import/info?batchId={batch.json['batchId']}", headers=H).json
+    assert info["failure"] == ["no@x.test"] and len(info["success"]) == 1
 
 
 def test_the_adapters_never_send_an_sms_subscribe_without_an_e164_phone() -> None:
