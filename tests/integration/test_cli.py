@@ -43,7 +43,7 @@ def test_stores_create_prints_id_and_write_key_once(cli: CliRunner, db: Database
         store = session.get(Store, data["id"])
         assert store is not None and store.timezone == "Europe/Paris"
     listed = json.loads(run(cli, "stores", "list", "--json"))["stores"]
-    assert listed == [{"id": data["id"], "name": "Shop", "timezone": "Europe/Paris"}]
+    assert listed == [{"id": data["id"], "name": "Shop", "timezone": "Europe/Paris", "double_opt_in": []}]
 
 
 def test_stores_create_refuses_an_unknown_timezone(cli: CliRunner) -> None:
