@@ -111,6 +111,8 @@ def merge(session: Session, store_id: int, *, survivor: Contact, merged: Contact
         if getattr(survivor, field) is None:
             setattr(survivor, field, getattr(merged, field))
     survivor.properties = {**(merged.properties or {}), **(survivor.properties or {})}
+    # One person: kept out of the ESPs if either half was (a suppressed email now lives on the survivor).
+    survivor.suppressed_at = survivor.suppressed_at or merged.suppressed_at
     merged.merged_into_id = survivor.id
     merged.email = None  # the survivor holds the person's data now
     outbox.add(session, store_id, outbox.Topic.CONTACT_MERGED, merged.id, {"into": survivor.id})

@@ -7,28 +7,18 @@ sync engine and full sync skip such contacts.
 
 from __future__ import annotations
 
-import re
-
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import store_keys
+from . import phones, store_keys
 from .credentials import CredentialCipher
 from .identity import normalise_email
 from .store import Contact, Suppression, utcnow
 
-_PHONE_NOISE = re.compile(r"[\s().\-/]")
-_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
-
 
 def normalise_phone(value: object) -> str | None:
-    """E.164 (``+`` and 7 to 15 digits) without spaces, dots, dashes or brackets; None when it is not one."""
-    if not isinstance(value, str):
-        return None
-    phone = _PHONE_NOISE.sub("", value.strip())
-    if phone.startswith("00"):
-        phone = "+" + phone[2:]
-    return phone if _E164.fullmatch(phone) else None
+    """E.164, as SMS consent keeps it (connector/phones.py): one form, so a digest always matches its phone."""
+    return phones.e164(value)
 
 
 def digests(key: bytes, *, email: str | None, phone: str | None) -> dict[str, str]:

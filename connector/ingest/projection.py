@@ -122,6 +122,7 @@ def _consent(
     contact = _needs(contact, event)
     if props.channel == Channel.SMS and props.status == ConsentStatus.SUBSCRIBED:
         _sms_phone(contact, (event.payload.get("properties") or {}).get("phone"))
+        suppression_check(session, event.store_id, contact, doi.cipher if doi else None)
     consent.record(
         session,
         event.store_id,

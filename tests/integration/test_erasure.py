@@ -24,7 +24,7 @@ from connector.esp import connections
 from connector.jobs.broker import EmbeddedBroker
 from connector.jobs.relay import enqueue_due
 from connector.jobs.tasks import Jobs
-from connector.sandbox.activecampaign import ActiveCampaignSandbox
+from connector.sandbox.activecampaign import AcFaults, ActiveCampaignSandbox
 from connector.sandbox.klaviyo import DEFAULT_API_KEY, KlaviyoSandbox
 from connector.settings import Settings
 from connector.store import (
@@ -38,6 +38,7 @@ from connector.store import (
     SyncItem,
     SyncItemStatus,
     SyncKind,
+    utcnow,
 )
 from connector.sync import queue
 from connector.sync.adapters import AdapterOptions
@@ -382,3 +383,56 @@ def test_cli_erase_and_show(
     assert "erased here:" in shown.output and "carts 1" in shown.output
     again = runner.invoke(cli, ["erase", "--email", EMAIL, "--wait", "0"])
     assert again.exit_code == 2 and "no contact matches that email" in again.output
+
+
+def test_an_esp_failing_is_retried_then_a_dead_letter_fails_the_erasure(
+    client: FlaskClient,
+    db: Database,
+    settings: Settings,
+    store: NewStore,
+    jobs: Jobs,
+    klaviyo: KlaviyoSandbox,
+    ac: ActiveCampaignSandbox,
+) -> None:
+    the_person(client, store)
+    drain(db, jobs, store.id)
+    erasure_id = erasure.erase(
+        db, CredentialCipher(settings.credentials_key), store.id, email=EMAIL, requested_by="dpo"
+    )
+    ac.faults = AcFaults(error_rate=1.0, error_status=503)
+    drain(db, jobs, store.id)
+    report = erasure.get(db, store.id, erasure_id)
+    assert report["status"] == "running"
+    assert report["report"]["esps"]["klaviyo"]["status"] == "done"
+    waiting = report["report"]["esps"]["activecampaign"]
+    assert waiting["status"] == "retrying" and "503" in waiting["error"]
+
+    jobs.engine.settings = settings.model_copy(update={"retry_max_age": 0.0})  # the next failure gives up
+    with db.writer() as session:
+        session.execute(sa.update(SyncItem).where(SyncItem.kind == SyncKind.ERASE).values(available_at=utcnow()))
+    queue.claim_due(db, jobs._sync_items)
+    report = erasure.get(db, store.id, erasure_id)
+    assert report["status"] == "failed" and report["finished_at"]
+    failed = report["report"]["esps"]["activecampaign"]
+    assert failed["status"] == "failed" and "gave up" in failed["error"]
+    with db.reader() as session:
+        assert [i.payload for i in session.scalars(sa.select(SyncItem).where(SyncItem.kind == SyncKind.ERASE))] == [
+            {},
+            {},
+        ]
+
+
+def test_a_phone_given_with_an_sms_grant_is_recognised(
+    client: FlaskClient, db: Database, settings: Settings, store: NewStore, jobs: Jobs, klaviyo: KlaviyoSandbox
+) -> None:
+    the_person(client, store)
+    drain(db, jobs, store.id)
+    erasure.erase(db, CredentialCipher(settings.credentials_key), store.id, phone=PHONE, requested_by="dpo")
+    drain(db, jobs, store.id)
+    sms = track("Consent Updated", "new-1", "someone-else", channel="sms", status="subscribed", phone="+4915123456789")
+    assert post_messages(client, store.write_key, [sms]).status_code == 200
+    drain(db, jobs, store.id)
+    with db.reader() as session:
+        back = session.scalars(sa.select(Contact).where(Contact.erased_at.is_(None))).one()
+        assert back.suppressed_at is not None
+    assert klaviyo.state()["profiles"] == []
