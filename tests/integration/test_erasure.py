@@ -436,3 +436,22 @@ def test_a_phone_given_with_an_sms_grant_is_recognised(
         back = session.scalars(sa.select(Contact).where(Contact.erased_at.is_(None))).one()
         assert back.suppressed_at is not None
     assert klaviyo.state()["profiles"] == []
+
+
+def test_erasing_again_or_an_anonymous_visitor_finishes_at_once(
+    client: FlaskClient, db: Database, settings: Settings, store: NewStore, jobs: Jobs
+) -> None:
+    the_person(client, store)
+    visitor = {"type": "track", "event": "Product Viewed", "anonymousId": "anon-x", "messageId": "v1"}
+    post_messages(client, store.write_key, [visitor | {"properties": {"product_id": "p1"}}])
+    drain(db, jobs, store.id)
+    cipher = CredentialCipher(settings.credentials_key)
+    with db.reader() as session:
+        person, anonymous = sorted(session.scalars(sa.select(Contact.id).where(Contact.store_id == store.id)))
+    erasure.erase(db, cipher, store.id, contact_id=person, requested_by="dpo")
+    for contact_id in (person, anonymous):
+        again = erasure.get(
+            db, store.id, erasure.erase(db, cipher, store.id, contact_id=contact_id, requested_by="dpo")
+        )
+        assert again["status"] == "done" and again["finished_at"]
+        assert {r["status"] for r in again["report"]["esps"].values()} == {"skipped"}
