@@ -37,13 +37,10 @@ def confirm(session: Session, token: str, *, ip: str | None, user_agent: str | N
     confirmation = session.scalar(
         sa.select(ConsentConfirmation).where(ConsentConfirmation.token_hash == token_hash(token)).with_for_update()
     )
-    if confirmation is None:
-        return Result(Outcome.UNKNOWN)
-    if confirmation.confirmed_at is not None:
-        return Result(Outcome.ALREADY, confirmation)
+    ended = state_of(confirmation)
+    if ended is not None or confirmation is None:
+        return Result(ended or Outcome.UNKNOWN, confirmation)
     now = utcnow()
-    if _aware(confirmation.expires_at) <= now:
-        return Result(Outcome.EXPIRED, confirmation)
     contact = session.get(Contact, confirmation.contact_id)
     if contact is None or contact.store_id != confirmation.store_id or _superseded(session, confirmation):
         return Result(Outcome.SUPERSEDED, confirmation)
@@ -65,6 +62,17 @@ def confirm(session: Session, token: str, *, ip: str | None, user_agent: str | N
     )
     confirmation.confirmed_at = entry.recorded_at
     return Result(Outcome.CONFIRMED, confirmation)
+
+
+def state_of(confirmation: ConsentConfirmation | None) -> Outcome | None:
+    """Why ``confirmation`` can no longer be confirmed (unknown, already confirmed, expired), or None."""
+    if confirmation is None:
+        return Outcome.UNKNOWN
+    if confirmation.confirmed_at is not None:
+        return Outcome.ALREADY
+    if _aware(confirmation.expires_at) <= utcnow():
+        return Outcome.EXPIRED
+    return None
 
 
 def _superseded(session: Session, confirmation: ConsentConfirmation) -> bool:

@@ -36,8 +36,10 @@ _CONFIRM_STATUS = {
 def confirm_page(token: str) -> Response:
     with get_runtime().db.reader() as session:
         found = confirmations.find(session, token)
-        if found is None:
-            return _page(404, "This confirmation link is not valid.")
+        outcome = confirmations.state_of(found)
+        if outcome is not None:  # nothing left to confirm: say why now rather than after the click
+            return _page(*_CONFIRM_STATUS[outcome])
+        assert found is not None
         channel = found.channel
     return _page(200, f"Please confirm your {channel} subscription.", button="Confirm")
 

@@ -143,6 +143,8 @@ def test_a_second_confirmation_is_answered_without_a_second_ledger_row(
     assert client.post(path).status_code == 200
     again = client.post(path)
     assert again.status_code == 200 and b"already confirmed" in again.data
+    page = client.get(path)
+    assert page.status_code == 200 and b"already confirmed" in page.data and b"<form" not in page.data
     assert [e.action for e in ledger(db, store.id)] == ["pending", "confirm"]
 
 
@@ -157,6 +159,7 @@ def test_unknown_expired_and_superseded_links(
     with db.writer() as session:
         session.execute(sa.update(ConsentConfirmation).values(expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(1)))
     assert client.post(path).status_code == 410
+    assert client.get(path).status_code == 410  # the page says so before any click
     assert state(db, store.id) == "pending"
 
     # A new sign-up, then the person withdraws before clicking: the old link can no longer subscribe them
