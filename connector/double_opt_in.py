@@ -1,9 +1,10 @@
 """Double opt-in: a grant on a channel the store protects waits, as "pending", for the person to confirm.
 
-The pending grant makes a ``ConsentConfirmation`` (only the SHA-256 of its random token is stored, so a copy of
-the database cannot confirm anyone) and a tracked event "Consent Confirmation Requested" carrying the link; the
-normal sync sends that event to every connected ESP, where a flow mails it. Nothing is subscribed at an ESP until
-the confirmation is recorded (connector/confirmations.py).
+The pending grant makes a ``ConsentConfirmation`` (it keeps only the SHA-256 of the random token, so confirmations
+can be looked up without keeping tokens there) and a tracked event "Consent Confirmation Requested" carrying the
+link; the normal sync sends that event to every connected ESP, where a flow mails it. The link is therefore also in
+that event's stored payload (the engine sends what the events table holds). Nothing is subscribed at an ESP until the
+confirmation is recorded (connector/confirmations.py).
 """
 
 from __future__ import annotations
