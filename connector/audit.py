@@ -12,9 +12,12 @@ the last rows can also rewind the head).
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import datetime as dt
+import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,8 +25,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import ledger
-from .errors import InvalidInput
-from .store import ConsentLedgerEntry, LedgerHead, utcnow
+from .errors import InvalidInput, NotFound
+from .identity import normalise_email
+from .store import Channel, ConsentEvidence, ConsentLedgerEntry, Contact, Identity, IdentityKind, LedgerHead, utcnow
 from .store.db import Database
 
 _LEDGER = ConsentLedgerEntry.__table__
@@ -151,10 +155,14 @@ class _Walk:
         )
 
     def _stream(self) -> Problem | None:
+        with contextlib.closing(self._rows()) as rows:  # an early return closes the cursor before the session
+            return self._check(rows)
+
+    def _check(self, rows: Iterator[Sequence[Any]]) -> Problem | None:
         seq_at, prev_at = 1 + ledger.HASHED_COLUMNS.index("seq"), 1 + ledger.HASHED_COLUMNS.index("prev_hash")
         anchor_seq = self.anchor.seq if self.anchor is not None else -1
         row_hash = ledger.row_hash
-        for row in self._rows():
+        for row in rows:
             seq, stored = row[seq_at], row[-1]
             if row_hash(row[1:-1]) != stored:
                 return Problem(row[0], seq, "edited", "content does not match its entry_hash")
@@ -166,7 +174,7 @@ class _Walk:
             self.last_id, self.last_seq, self.last_hash = row[0], seq, stored
         return None
 
-    def _rows(self) -> Iterator[Sequence[Any]]:
+    def _rows(self) -> Generator[Sequence[Any], None, None]:
         """(id, *HASHED_COLUMNS, entry_hash) of each of the store's rows, in id order, a batch at a time."""
         names = ("id", *ledger.HASHED_COLUMNS, "entry_hash")
         connection = self.session.connection()
@@ -255,3 +263,186 @@ class _Walk:
 
 def _is_sha256(value: object) -> bool:
     return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
+
+
+# ---------------------------------------------------------------------------------------------------- exports
+
+#: Columns of an export, in order: the ledger row, then its erasable evidence.
+EXPORT_COLUMNS: tuple[str, ...] = (
+    "id",
+    *ledger.HASHED_COLUMNS,
+    "entry_hash",
+    "ip",
+    "user_agent",
+    "evidence",
+)
+
+
+@dataclass(frozen=True)
+class ExportFilter:
+    """Which consent events to export. At most one of email, phone, contact_id; ``since`` inclusive, ``until``
+    exclusive (both on occurred_at)."""
+
+    email: str | None = None
+    phone: str | None = None
+    contact_id: int | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    channel: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: ledger._timestamp(v) if isinstance(v, dt.datetime) else v for k, v in asdict(self).items()}
+
+
+def export(db: Database, store_id: int, wanted: ExportFilter) -> Iterator[dict[str, Any]]:
+    """One dict per consent event (EXPORT_COLUMNS), in ledger order, streamed from one read transaction.
+
+    ``evidence`` says what became of the IP and user agent: ``none`` (there were none), ``matches`` (present and
+    equal to what the row's digest covers), ``mismatch`` (present but altered) or ``erased``.
+    """
+    _check_filter(wanted)
+    with db.reader() as session:
+        contacts = _contacts(session, store_id, wanted)
+        evidence = ConsentEvidence.__table__.c
+        columns = [_LEDGER.c[name] for name in EXPORT_COLUMNS[:-3]]
+        query = (
+            sa.select(*columns, evidence.ip, evidence.user_agent, evidence.salt)
+            .outerjoin(ConsentEvidence, ConsentEvidence.ledger_entry_id == _LEDGER.c.id)
+            .where(_LEDGER.c.store_id == store_id)
+            .order_by(_LEDGER.c.id)
+        )
+        if contacts is not None:
+            query = query.where(_LEDGER.c.contact_id.in_(contacts))
+        if wanted.channel:
+            query = query.where(_LEDGER.c.channel == wanted.channel)
+        if wanted.since:
+            query = query.where(_LEDGER.c.occurred_at >= wanted.since)
+        if wanted.until:
+            query = query.where(_LEDGER.c.occurred_at < wanted.until)
+        with session.execute(query, execution_options={"yield_per": _BATCH}) as result:
+            for row in result:
+                values = row._asdict()
+                salt = values.pop("salt")
+                values["evidence"] = _evidence(values, salt)
+                yield values
+
+
+def _check_filter(wanted: ExportFilter) -> None:
+    given = [name for name in ("email", "phone", "contact_id") if getattr(wanted, name) is not None]
+    if len(given) > 1:
+        raise InvalidInput(given[1], f"give one of email, phone or contact, not {' and '.join(given)}")
+    if wanted.channel is not None and wanted.channel not in {c.value for c in Channel}:
+        raise InvalidInput("channel", f"must be one of {', '.join(c.value for c in Channel)}")
+    for name in ("since", "until"):
+        value = getattr(wanted, name)
+        if value is not None and value.tzinfo is None:
+            raise InvalidInput(name, "must be timezone-aware")
+    if wanted.since and wanted.until and wanted.until <= wanted.since:
+        raise InvalidInput("until", "must be after since")
+
+
+def _contacts(session: Session, store_id: int, wanted: ExportFilter) -> list[int] | None:
+    """The contact ids whose events are the person's: the one found, and every contact merged into it (their
+    ledger rows keep the id they were written with). None = no person filter."""
+    if wanted.contact_id is not None:
+        found = session.scalars(
+            sa.select(Contact.id).where(Contact.store_id == store_id, Contact.id == wanted.contact_id)
+        ).all()
+        field = "contact"
+    elif wanted.email is not None:
+        email = normalise_email(wanted.email)
+        if email is None:
+            raise InvalidInput("email", "is not an email address")
+        by_identity = sa.select(Identity.contact_id).where(
+            Identity.store_id == store_id, Identity.kind == IdentityKind.EMAIL, Identity.value == email
+        )
+        by_contact = sa.select(Contact.id).where(Contact.store_id == store_id, sa.func.lower(Contact.email) == email)
+        found = session.scalars(sa.union(by_identity, by_contact)).all()
+        field = "email"
+    elif wanted.phone is not None:
+        phone = wanted.phone.strip()
+        if not phone:
+            raise InvalidInput("phone", "is empty")
+        found = session.scalars(sa.select(Contact.id).where(Contact.store_id == store_id, Contact.phone == phone)).all()
+        field = "phone"
+    else:
+        return None
+    if not found:
+        raise NotFound(f"{field}: no contact in store {store_id} matches")
+    # Up to the survivors (a merged contact's history continues there), then down to everything merged into them.
+    people: set[int] = set(found)
+    while True:
+        up = sa.select(Contact.merged_into_id).where(Contact.store_id == store_id, Contact.id.in_(people))
+        survivors = {survivor for survivor in session.scalars(up) if survivor is not None}
+        merged = set(
+            session.scalars(
+                sa.select(Contact.id).where(Contact.store_id == store_id, Contact.merged_into_id.in_(people))
+            )
+        )
+        grown = people | survivors | merged
+        if grown == people:
+            return sorted(people)
+        people = grown
+
+
+def _evidence(values: dict[str, Any], salt: str | None) -> str:
+    if values["evidence_digest"] is None:
+        return "none"
+    if salt is None:
+        return "erased"
+    digest = ledger.evidence_digest(salt, values["ip"], values["user_agent"])
+    return "matches" if digest == values["evidence_digest"] else "mismatch"
+
+
+def _text(value: Any) -> Any:
+    return ledger._timestamp(value) if isinstance(value, dt.datetime) else value
+
+
+def _header(verification: Verification, anchor: Anchor, wanted: ExportFilter) -> dict[str, Any]:
+    return {"verification": verification.as_dict(), "anchor": anchor.as_dict(), "filter": wanted.as_dict()}
+
+
+def head_anchor(verification: Verification) -> Anchor:
+    """The anchor of the head a verification walked to (what an export's rows are proven against)."""
+    return Anchor(verification.store_id, verification.head_seq, verification.head_hash, utcnow())
+
+
+def csv_chunks(verification: Verification, wanted: ExportFilter, rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """CSV text a line at a time: ``# `` comment lines (verification, anchor, filter), the header, the rows."""
+    header = _header(verification, head_anchor(verification), wanted)
+    for key, value in header.items():
+        yield f"# {key}: {json.dumps(value, separators=(',', ':'))}\n"
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(EXPORT_COLUMNS)
+    for row in rows:
+        writer.writerow([_text(row[name]) for name in EXPORT_COLUMNS])
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    yield buffer.getvalue()
+
+
+def json_chunks(verification: Verification, wanted: ExportFilter, rows: Iterable[dict[str, Any]]) -> Iterator[str]:
+    """A JSON object a row at a time: ``verification``, ``anchor`` and ``filter`` first, then ``entries``."""
+    header = _header(verification, head_anchor(verification), wanted)
+    yield json.dumps(header, separators=(",", ":"))[:-1] + ',"entries":['
+    separator = "\n"
+    for row in rows:
+        yield separator + json.dumps({name: _text(row[name]) for name in EXPORT_COLUMNS}, separators=(",", ":"))
+        separator = ",\n"
+    yield "\n]}\n"
+
+
+def parse_when(field: str, text: str, *, until: bool = False) -> dt.datetime:
+    """``YYYY-MM-DD`` (UTC; as ``until``, the whole day is included) or an ISO 8601 timestamp with an offset."""
+    try:
+        if len(text) == 10:
+            day = dt.datetime.combine(dt.date.fromisoformat(text), dt.time(), dt.UTC)
+            return day + dt.timedelta(days=1) if until else day
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(field, "must be a date (YYYY-MM-DD) or an ISO 8601 timestamp") from None
+    if when.tzinfo is None:
+        raise InvalidInput(field, "a timestamp needs a UTC offset (e.g. Z or +02:00)")
+    return when.astimezone(dt.UTC)

@@ -21,6 +21,7 @@ from connector.store import Role, connect
 from connector.sync.adapters import check_settings
 from connector.tenancy import create_admin_user, create_store, find_store
 
+from .cli_audit import audit_group
 from .cli_consent import consent
 from .cli_context import Context, emit, pass_context
 from .cli_erasure import erase, erasures
@@ -539,6 +540,7 @@ main.add_command(dead_letters)
 main.add_command(consent)
 main.add_command(erase)
 main.add_command(erasures)
+main.add_command(audit_group, "audit")
 
 if __name__ == "__main__":
     main()
