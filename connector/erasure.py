@@ -387,6 +387,15 @@ def _queue(
     return report
 
 
+def forget(item: SyncItem) -> None:
+    """A settled ERASE item drops its identifiers, from its payload and from the ESP's error text alike."""
+    if item.last_error:
+        for value in (item.payload or {}).values():
+            if isinstance(value, str) and value:
+                item.last_error = item.last_error.replace(value, "[erased]")
+    item.payload = {}
+
+
 def settle(session: Session, store_id: int, erasure_ids: Iterable[int]) -> None:
     """Bring these erasures' reports up to date with their ERASE items (inside the engine's write)."""
     for erasure_id in set(erasure_ids):

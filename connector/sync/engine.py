@@ -327,7 +327,7 @@ class SyncEngine:
                 if item.kind == SyncKind.ERASE:
                     erasures.add(int(item.subject_id.partition(":")[0]))
                     if item.status != SyncItemStatus.PENDING:
-                        item.payload = {}  # settled: the identifiers are not kept a moment longer
+                        erasure.forget(item)  # settled: the identifiers are not kept a moment longer
             records.save_links(session, store_id, esp, settled.links, now)
             erasure.settle(session, store_id, erasures)
 

@@ -25,7 +25,7 @@ from connector.jobs.broker import EmbeddedBroker
 from connector.jobs.relay import enqueue_due
 from connector.jobs.tasks import Jobs
 from connector.sandbox.activecampaign import AcFaults, ActiveCampaignSandbox
-from connector.sandbox.klaviyo import DEFAULT_API_KEY, KlaviyoSandbox
+from connector.sandbox.klaviyo import DEFAULT_API_KEY, Faults, KlaviyoSandbox, Reject
 from connector.settings import Settings
 from connector.store import (
     ConsentLedgerEntry,
@@ -455,3 +455,21 @@ def test_erasing_again_or_an_anonymous_visitor_finishes_at_once(
         )
         assert again["status"] == "done" and again["finished_at"]
         assert {r["status"] for r in again["report"]["esps"].values()} == {"skipped"}
+
+
+def test_an_esp_refusal_fails_the_erasure_without_naming_the_person(
+    client: FlaskClient, db: Database, settings: Settings, store: NewStore, jobs: Jobs, klaviyo: KlaviyoSandbox
+) -> None:
+    the_person(client, store)
+    drain(db, jobs, store.id)
+    erasure_id = erasure.erase(
+        db, CredentialCipher(settings.credentials_key), store.id, email=EMAIL, requested_by="dpo"
+    )
+    klaviyo.faults = Faults(reject=Reject(emails=[EMAIL], detail=f"Cannot delete {EMAIL.lower()} right now."))
+    drain(db, jobs, store.id)
+    report = erasure.get(db, store.id, erasure_id)
+    assert report["status"] == "failed"
+    refused = report["report"]["esps"]["klaviyo"]
+    assert refused["status"] == "failed" and "Cannot delete [erased] right now." in refused["error"]
+    assert report["report"]["esps"]["activecampaign"]["status"] == "done"
+    assert personal_data_left(db, store.id, NEEDLES) == []
