@@ -387,13 +387,16 @@ def _queue(
     return report
 
 
-def forget(item: SyncItem) -> None:
-    """A settled ERASE item drops its identifiers, from its payload and from the ESP's error text alike."""
+def forget(item: SyncItem, *, settled: bool) -> None:
+    """The ESP's error text never keeps the identifiers (an ESP may echo the email it refuses); a settled item
+    drops them from its payload too, not keeping them a moment longer."""
     if item.last_error:
-        for value in (item.payload or {}).values():
+        for name in ("email", "phone"):
+            value = (item.payload or {}).get(name)
             if isinstance(value, str) and value:
                 item.last_error = item.last_error.replace(value, "[erased]")
-    item.payload = {}
+    if settled:
+        item.payload = {}
 
 
 def settle(session: Session, store_id: int, erasure_ids: Iterable[int]) -> None:

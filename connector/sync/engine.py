@@ -326,8 +326,7 @@ class SyncEngine:
                     self._retry(item, settled.failed[item.id], now, report)
                 if item.kind == SyncKind.ERASE:
                     erasures.add(int(item.subject_id.partition(":")[0]))
-                    if item.status != SyncItemStatus.PENDING:
-                        erasure.forget(item)  # settled: the identifiers are not kept a moment longer
+                    erasure.forget(item, settled=item.status != SyncItemStatus.PENDING)
             records.save_links(session, store_id, esp, settled.links, now)
             erasure.settle(session, store_id, erasures)
 
