@@ -182,7 +182,7 @@ class _Walk:
             # psycopg's own server-side cursor: SQLAlchemy's per-row result processing would cost a third of
             # the run on a large ledger, and psycopg already returns aware datetimes.
             sql = f"SELECT {', '.join(names)} FROM consent_ledger WHERE store_id = %s ORDER BY id"
-            with connection.connection.driver_connection.cursor(name="audit_verify") as cursor:  # type: ignore[union-attr]
+            with connection.connection.driver_connection.cursor(name="audit_verify", binary=True) as cursor:  # type: ignore[union-attr]
                 cursor.itersize = _BATCH
                 cursor.execute(sql, (self.store_id,))
                 yield from cursor
