@@ -7,7 +7,7 @@ Each tick (every ``relay_interval`` seconds):
 2. re-sends rows ``enqueued`` longer than ``outbox_visibility_timeout`` ago (a lost message, a flushed
    Redis, a worker killed mid-job). Delivery is idempotent, so a rare second send is harmless.
 3. does steps 1 and 2 for sync items (connector.sync.queue), sent in batches per store, ESP and kind
-   (consent batches first, on their own queue);
+   (consent batches first, on the consent queue; step 1 too sends consent rows first, on that queue);
 4. marks carts abandoned (no activity for ``cart_abandon_after``; connector.commerce.mark_abandoned);
 5. sends a projection job for every store with unprojected events, so events acknowledged while no job
    reached the broker are still projected.
@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from ..commerce import mark_abandoned
 from ..ingest.accept import pending_projection
+from ..outbox import Topic
 from ..store import Database, OutboxRow, OutboxStatus, utcnow
 from ..store.claims import claim
 from ..sync import queue
@@ -45,15 +46,26 @@ class TickReport:
     carts_abandoned: int = 0
 
 
-def enqueue_due(db: Database, send: Callable[[int], object], *, limit: int = CLAIM_LIMIT) -> int:
+def enqueue_due(
+    db: Database,
+    send: Callable[[int], object],
+    *,
+    send_consent: Callable[[int], object] | None = None,
+    limit: int = CLAIM_LIMIT,
+) -> int:
+    """Claim and send due outbox rows; consent changes first, through ``send_consent`` when given (a withdrawal
+    must not wait behind thousands of profile changes)."""
     now = utcnow()
-    query = (
+    due = (
         sa.select(OutboxRow.id)
         .where(OutboxRow.status == OutboxStatus.PENDING, OutboxRow.available_at <= now)
         .order_by(OutboxRow.id)
         .limit(limit)
     )
-    return _claim_and_send(db, query, now, send)
+    sent = 0
+    if send_consent is not None:
+        sent = _claim_and_send(db, due.where(OutboxRow.topic == Topic.CONSENT_CHANGED), now, send_consent)
+    return sent + _claim_and_send(db, due.limit(limit - sent), now, send)
 
 
 def sweep_stalled(db: Database, send: Callable[[int], object], *, visibility_timeout: float) -> int:
@@ -87,7 +99,7 @@ class Relay:
 
     def tick(self) -> TickReport:
         jobs = self.jobs
-        enqueued = enqueue_due(jobs.db, jobs.deliver_outbox.send)
+        enqueued = enqueue_due(jobs.db, jobs.deliver_outbox.send, send_consent=jobs.deliver_consent.send)
         swept = sweep_stalled(
             jobs.db, jobs.deliver_outbox.send, visibility_timeout=jobs.settings.outbox_visibility_timeout
         )

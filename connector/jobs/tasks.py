@@ -35,10 +35,12 @@ log = logging.getLogger(__name__)
 QUEUE = "espbridge"
 #: Batches one projection job works through before handing the rest to a fresh message (keeps jobs short).
 PROJECTION_BATCHES_PER_JOB = 20
-#: Consent batches' own queue: every worker consumes it beside ``QUEUE`` (a dramatiq Worker consumes every
-#: queue declared on its broker), so a withdrawal never waits behind a backlog of profile and event jobs.
+#: The queue of work that must not wait behind a backlog of ESP calls: projection (local, quick) and every step of
+#: a consent change (its outbox row, then its sync items). Every worker consumes it beside ``QUEUE`` (a dramatiq
+#: Worker consumes every queue declared on its broker), so a withdrawal does not wait behind thousands of profile
+#: and event jobs held up by an ESP's rate limit.
 CONSENT_QUEUE = "espbridge.consent"
-#: Lower is first in a worker's local work queue: a consent job takes the next free thread.
+#: Lower is first in a worker's local work queue: these jobs take the next free thread.
 CONSENT_PRIORITY = -10
 
 
@@ -59,17 +61,12 @@ class Jobs:
     _projection_turns: defaultdict[int, _Turn] = field(default_factory=lambda: defaultdict(_Turn), repr=False)
 
     def __post_init__(self) -> None:
-        self.project_events = self._actor(self._project_events, "project_events", max_retries=5)
+        urgent: dict[str, Any] = {"queue": CONSENT_QUEUE, "priority": CONSENT_PRIORITY}
+        self.project_events = self._actor(self._project_events, "project_events", **urgent, max_retries=5)
         self.deliver_outbox = self._actor(self._deliver_outbox, "deliver_outbox", max_retries=0)
+        self.deliver_consent = self._actor(self._deliver_outbox, "deliver_consent", **urgent, max_retries=0)
         self.sync_items = self._actor(self._sync_items, "sync_items", max_retries=0, time_limit=3_600_000)
-        self.sync_consent = self._actor(
-            self._sync_items,
-            "sync_consent",
-            queue=CONSENT_QUEUE,
-            priority=CONSENT_PRIORITY,
-            max_retries=0,
-            time_limit=3_600_000,
-        )
+        self.sync_consent = self._actor(self._sync_items, "sync_consent", **urgent, max_retries=0, time_limit=3_600_000)
         self.full_sync = self._actor(self._full_sync, "full_sync", max_retries=0, time_limit=7 * 24 * 3_600_000)
         options = self.adapter_options or AdapterOptions(redis_client=getattr(self.broker, "client", None))
         adapters = AdapterCache(CredentialCipher(self.settings.credentials_key), options)

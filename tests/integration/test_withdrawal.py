@@ -12,11 +12,14 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 
+from connector import outbox
 from connector.credentials import CredentialCipher, new_key
 from connector.esp import connections
+from connector.jobs import relay
 from connector.jobs.broker import EmbeddedBroker
 from connector.jobs.relay import Relay, enqueue_due
 from connector.jobs.tasks import CONSENT_QUEUE, QUEUE, Jobs
+from connector.outbox import Topic
 from connector.sandbox.klaviyo import DEFAULT_API_KEY, KlaviyoSandbox
 from connector.settings import Settings
 from connector.store import ConsentLedgerEntry, ConsentState, Database, SyncItem, SyncItemStatus, SyncKind
@@ -96,8 +99,23 @@ def test_the_relay_sends_consent_batches_on_the_consent_queue_which_workers_cons
         # A dramatiq Worker built without a queue list (runtime.start_background) consumes every declared queue
         assert {QUEUE, CONSENT_QUEUE} <= broker.get_declared_queues()
         assert jobs.sync_consent.priority < jobs.sync_items.priority
+        assert jobs.deliver_consent.queue_name == jobs.project_events.queue_name == CONSENT_QUEUE
     finally:
         broker.close()
+
+
+def test_consent_outbox_rows_are_claimed_first(db: Database, store: NewStore) -> None:
+    # Given thousands of profile changes waiting in the outbox, then a withdrawal
+    with db.writer() as session:
+        for n in range(1500):
+            outbox.add(session, store.id, Topic.CONTACT_UPSERT, n, {})
+        outbox.add(session, store.id, Topic.CONSENT_CHANGED, 7, {"channel": "email"})
+    calls: list[tuple[str, int]] = []
+    # When the relay claims due rows (1,000 a tick)
+    enqueue_due(db, lambda row: calls.append(("default", row)), send_consent=lambda row: calls.append(("consent", row)))
+    # Then the withdrawal goes first, on the consent queue, although its row is the newest
+    assert calls[0][0] == "consent" and [q for q, _ in calls].count("consent") == 1
+    assert len(calls) == relay.CLAIM_LIMIT
 
 
 def _messages(broker: EmbeddedBroker, name: str) -> list[dict[str, Any]]:
