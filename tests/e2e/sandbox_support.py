@@ -33,6 +33,7 @@ def running_sandbox(
     ac_api_token: str | None = None,
     ac_actid: str | None = None,
     ac_event_key: str | None = None,
+    job_delay: float = 0.0,
 ) -> Iterator[ServiceProcess]:
     """``espbridge sandbox --host 127.0.0.1 --port <free> --time-scale S --api-key K`` (plus ``--ac-api-token``,
     ``--ac-actid``, ``--ac-event-key`` when given: the ActiveCampaign part's credentials), ready; stopped on exit."""
@@ -51,6 +52,8 @@ def running_sandbox(
         "--api-key",
         api_key,
     ]
+    if job_delay:
+        argv += ["--job-delay", str(job_delay)]  # bulk jobs and imports stay processing this long (both parts)
     for option, value in (("--ac-api-token", ac_api_token), ("--ac-actid", ac_actid), ("--ac-event-key", ac_event_key)):
         if value is not None:
             argv += [option, value]

@@ -113,33 +113,7 @@ def _run(
     token: str,
 ) -> str:
     # Given the store connected to both ESPs at their real limits, serve + one worker, Klaviyo's webhook registered
-    list_id = create_list(sandbox.url, AC_TOKEN)
-    esp_connect(env, store, "klaviyo", KLAVIYO_KEY, sandbox.url)
-    esp_connect(
-        env,
-        store,
-        "activecampaign",
-        AC_TOKEN,
-        sandbox.url,
-        "--event-key",
-        AC_EVENT_KEY,
-        "--setting",
-        f"list_id={list_id}",
-        "--setting",
-        f"actid={AC_ACTID}",
-        "--setting",
-        f"track_url={sandbox.url}/event",
-    )
-    server = launcher.serve(env)
-    launcher.worker(env)
-    hook_url = f"{server.url}/webhooks/klaviyo/{store.id}"
-    hook_argv = ["esp", "register-webhook", "klaviyo", "--url", hook_url, "--store", str(store.id)]
-    hook = CliRunner(env=env).invoke(
-        main,
-        hook_argv,
-        catch_exceptions=False,
-    )
-    assert hook.exit_code == 0, hook.output
+    list_id, server = _connect_and_start(launcher, env, store, sandbox)
     # ...three people subscribed at both
     people = []
     for n, email in enumerate(PEOPLE.values()):
@@ -241,4 +215,153 @@ def _run(
     return (
         f"withdrawal latency (ack → sandbox state), AC backlog {BACKLOG} profiles at 5 req/s, "
         f"{backlog_left} still queued at the end: {report}"
+    )
+
+
+def _connect_and_start(
+    launcher: Launcher, env: dict[str, str], store: NewStore, sandbox: ServiceProcess
+) -> tuple[str, ServiceProcess]:
+    """Both ESPs connected with the CLI (an AC list made in AC's UI), serve + one worker, Klaviyo's webhook on."""
+    list_id = create_list(sandbox.url, AC_TOKEN)
+    esp_connect(env, store, "klaviyo", KLAVIYO_KEY, sandbox.url)
+    esp_connect(
+        env,
+        store,
+        "activecampaign",
+        AC_TOKEN,
+        sandbox.url,
+        "--event-key",
+        AC_EVENT_KEY,
+        "--setting",
+        f"list_id={list_id}",
+        "--setting",
+        f"actid={AC_ACTID}",
+        "--setting",
+        f"track_url={sandbox.url}/event",
+    )
+    server = launcher.serve(env)
+    launcher.worker(env)
+    hook_url = f"{server.url}/webhooks/klaviyo/{store.id}"
+    hook_argv = ["esp", "register-webhook", "klaviyo", "--url", hook_url, "--store", str(store.id)]
+    hook = CliRunner(env=env).invoke(
+        main,
+        hook_argv,
+        catch_exceptions=False,
+    )
+    assert hook.exit_code == 0, hook.output
+    return list_id, server
+
+
+RACE_PEOPLE = 40  # a full sync also sends their events: AC takes them at 5 requests/s
+JOB_DELAY = 8.0  # seconds a bulk import stays processing at either ESP: the full sync's page lands this late
+
+
+@pytest.mark.parametrize("backend", ["postgresql"])
+def test_an_esp_webhook_unsubscribe_during_a_full_sync_wins_at_both_esps(
+    launcher: Launcher,
+    service_env: dict[str, str],
+    redis_server: RedisServer,
+    store: NewStore,
+    db: Database,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The issue's must-hold: the person unsubscribes at Klaviyo (its webhook) while full syncs to both ESPs are
+    importing a page that carries her earlier "subscribed"; both sandboxes end with her unsubscribed."""
+    flush = redis.Redis.from_url(redis_server.url)
+    flush.flushdb()
+    flush.close()
+    env = {**service_env, "ESPBRIDGE_REDIS_URL": redis_server.url, "ESPBRIDGE_CREDENTIALS_KEY": new_key()}
+    with db.writer() as session:
+        token = create_admin_user(session, store.id, "ops@example.com", "admin").token
+    email = PEOPLE["klaviyo_webhook"]
+    with running_sandbox(
+        tmp_path,
+        api_key=KLAVIYO_KEY,
+        ac_api_token=AC_TOKEN,
+        ac_actid=AC_ACTID,
+        ac_event_key=AC_EVENT_KEY,
+        job_delay=JOB_DELAY,
+    ) as sandbox:
+        klaviyo, ac = SandboxAdmin(sandbox.url), AcAdmin(sandbox.url)
+        admin = httpx.Client(base_url="", timeout=30, headers={"Authorization": f"Bearer {token}"})
+        try:
+            list_id, server = _connect_and_start(launcher, env, store, sandbox)
+            # Given her (and others) subscribed at both ESPs
+            messages = []
+            for n in range(RACE_PEOPLE):
+                address = email if n == 0 else f"race-{n}@example.com"
+                messages += [
+                    {"type": "identify", "userId": f"race-{n}", "messageId": f"r-id-{n}", "traits": {"email": address}},
+                    {
+                        "type": "track",
+                        "userId": f"race-{n}",
+                        "event": "Consent Updated",
+                        "messageId": f"r-sub-{n}",
+                        "properties": {"channel": "email", "status": "subscribed"},
+                    },
+                ]
+            post_batch(server, store.write_key, messages)
+            wait_until(
+                lambda: _status(klaviyo, ac, list_id, email) == ("SUBSCRIBED", AC_SUBSCRIBED),
+                timeout=60,
+                interval=0.5,
+                what="her subscription at both ESPs",
+            )
+            # When full syncs to both start (forced: her page carries her "subscribed") and, while their imports
+            # are processing, she unsubscribes at Klaviyo
+            runs = []
+            for esp in ("klaviyo", "activecampaign"):
+                response = admin.post(f"{server.url}/admin/api/sync/full", json={"esp": esp, "force": True})
+                assert response.status_code == 202, response.text
+                runs.append(response.json()["run"]["id"])
+
+            def running() -> bool:
+                states = [admin.get(f"{server.url}/admin/api/sync/runs/{r}").json()["run"] for r in runs]
+                return all(run["status"] == "running" for run in states)
+
+            wait_until(running, timeout=30, interval=0.2, what="both full syncs running")
+            time.sleep(JOB_DELAY / 4)  # their page is read and its import is processing (JOB_DELAY long)
+            response = httpx.post(
+                f"{sandbox.url}/_sandbox/engagement",
+                json={"email": email, "metric": "Unsubscribed from Email Marketing"},
+                timeout=30,
+            )
+            assert response.status_code == 201, response.text
+            assert response.json()["deliveries"][0]["status"] == 200
+            seen: list[tuple[str, str]] = []
+
+            def runs_done() -> bool:
+                seen.append(_status(klaviyo, ac, list_id, email))
+                states = [admin.get(f"{server.url}/admin/api/sync/runs/{r}").json()["run"]["status"] for r in runs]
+                return all(state != "running" for state in states)
+
+            wait_until(runs_done, timeout=90, interval=0.5, what="both full syncs to finish")
+            # Then both sandboxes end with her unsubscribed (and stay so)
+            final = wait_until(
+                lambda: (st := _status(klaviyo, ac, list_id, email)) == ("UNSUBSCRIBED", AC_UNSUBSCRIBED) and st,
+                timeout=30,
+                interval=0.5,
+                what="her unsubscribed at both ESPs after the full syncs",
+            )
+            time.sleep(2)
+            assert _status(klaviyo, ac, list_id, email) == final
+        finally:
+            admin.close()
+            klaviyo.close()
+            ac.close()
+    states = sorted(set(seen))
+    with capsys.disabled():
+        print(f"\nfull-sync race: (Klaviyo, AC list status) seen while the syncs ran {states}; final {final}")
+
+
+def _status(klaviyo: SandboxAdmin, ac: AcAdmin, list_id: str, email: str) -> tuple[str, str]:
+    k_state = klaviyo.state()
+    profiles = {p["attributes"]["email"]: p["id"] for p in k_state["profiles"]}
+    a_state = ac.state()
+    ac_ids = {c["email"]: c["id"] for c in a_state["contacts"]}
+    on_list = {m["contact"]: m["status"] for m in a_state["contactLists"] if str(m["list"]) == str(list_id)}
+    return (
+        str(k_state["subscriptions"].get(profiles.get(email, ""), {}).get("email")),
+        str(on_list.get(ac_ids.get(email, ""))),
     )
