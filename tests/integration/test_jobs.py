@@ -163,7 +163,7 @@ def test_one_thread_per_process_works_a_store_s_projection_and_a_kick_makes_it_l
     turn = jobs._projection_turns[store.id]
     calls: list[int] = []
 
-    def project_pending(_db: Database, store_id: int, *, batch_size: int) -> int:
+    def project_pending(_db: Database, store_id: int, *, batch_size: int, doi: object = None) -> int:
         calls.append(store_id)
         if len(calls) == 1:
             # A commit lands and kicks while this thread works: the other job leaves at once, marking the kick
