@@ -19,6 +19,7 @@ from flask.testing import FlaskClient
 
 from connector.store import (
     Cart,
+    ConsentEvidence,
     ConsentLedgerEntry,
     ConsentState,
     Contact,
@@ -109,7 +110,8 @@ def test_signup_with_the_consent_box_ticked_records_the_customer_and_the_consent
         assert (entry.method, entry.form_id, entry.source) == ("form", "signup", "http://localhost/signup")
         assert entry.consent_text_hash == hashlib.sha256(CONSENT_TEXT.encode()).hexdigest()
         assert entry.consent_text_version == CONSENT_TEXT_VERSION
-        assert (entry.ip, entry.user_agent) == (SHOPPER_IP, SHOPPER_AGENT)
+        evidence = session.get(ConsentEvidence, entry.id)
+        assert evidence is not None and (evidence.ip, evidence.user_agent) == (SHOPPER_IP, SHOPPER_AGENT)
         state = session.get(ConsentState, (contact.id, "email"))
         assert state is not None and state.status == "subscribed"
 
