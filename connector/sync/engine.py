@@ -25,7 +25,7 @@ from typing import TypeVar
 import sqlalchemy as sa
 from dramatiq.common import compute_backoff
 
-from .. import erasure, suppression
+from .. import double_opt_in, erasure, suppression
 from ..credentials import CredentialsUnavailable
 from ..errors import InvalidInput, NotFound
 from ..esp.base import AbandonedCart, ConsentChange, EspAdapter, Outcome, TrackedEvent
@@ -99,6 +99,7 @@ class SyncEngine:
         self.db = db
         self.settings = settings
         self.adapters = adapters
+        self.doi = double_opt_in.DoubleOptIn.from_settings(settings)
 
     def run(self, store_id: int, esp: str, item_ids: Sequence[int]) -> SyncReport:
         settled = _Settled()
@@ -237,7 +238,7 @@ class SyncEngine:
             if suppression.blocked(contact):
                 settled.skipped[by_id[event.id].id] = SUPPRESSED
                 continue
-            tracked.append(TrackedEvent(event, contact))
+            tracked.append(TrackedEvent(double_opt_in.with_link(session, self.doi, event), contact))
             tracked_items.append(by_id[event.id].id)
 
         return _sender(tracked, tracked_items, settled, lambda adapter, batch: adapter.send_events(batch))
