@@ -91,6 +91,24 @@ def esp_connect(env: dict[str, str], store: NewStore, esp: str, api_key: str, ba
     assert done.returncode == 0, done.stderr
 
 
+def connect_activecampaign(
+    env: dict[str, str],
+    store: NewStore,
+    sandbox_url: str,
+    *,
+    token: str,
+    actid: str,
+    event_key: str,
+    list_id: str,
+    **settings: object,
+) -> None:
+    """``espbridge esp connect activecampaign`` to the sandbox process: the list, trackcmp's account id, key and
+    URL, and any further ``--setting name=value``."""
+    pairs = {"list_id": list_id, "actid": actid, "track_url": f"{sandbox_url}/event", **settings}
+    extra = [arg for name, value in pairs.items() for arg in ("--setting", f"{name}={value}")]
+    esp_connect(env, store, "activecampaign", token, sandbox_url, "--event-key", event_key, *extra)
+
+
 def dead_letters(env: dict[str, str], store: NewStore, esp: str | None = None) -> dict[str, Any]:
     """``espbridge dead-letters list --json`` (``total`` and the newest ``dead_letters``)."""
     argv = [*CLI, "dead-letters", "list", "--json", "--store", str(store.id)]

@@ -49,6 +49,7 @@ from .activecampaign_support import (
     AC_SUBSCRIBED,
     AC_UNSUBSCRIBED,
     AcAdmin,
+    connect_activecampaign,
     contacts_by_email,
     create_list,
     dead_letters,
@@ -302,22 +303,15 @@ def _run(
     # Redis and one espbridge worker
     list_id = create_list(sandbox.url, AC_TOKEN)
     esp_connect(env, store, "klaviyo", KLAVIYO_KEY, sandbox.url, "--setting", f"rate_limit_scale={TIME_SCALE}")
-    esp_connect(
+    connect_activecampaign(
         env,
         store,
-        "activecampaign",
-        AC_TOKEN,
         sandbox.url,
-        "--event-key",
-        AC_EVENT_KEY,
-        "--setting",
-        f"list_id={list_id}",
-        "--setting",
-        f"actid={AC_ACTID}",
-        "--setting",
-        f"track_url={sandbox.url}/event",
-        "--setting",
-        f"rate_limit_scale={TIME_SCALE}",
+        token=AC_TOKEN,
+        actid=AC_ACTID,
+        event_key=AC_EVENT_KEY,
+        list_id=list_id,
+        rate_limit_scale=TIME_SCALE,
     )
     server = launcher.serve(env)
     launcher.worker(env)

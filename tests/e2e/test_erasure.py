@@ -29,7 +29,15 @@ from tests.conftest import unprojected
 from tests.erasure_support import personal_data_left
 from tests.services import RedisServer
 
-from .activecampaign_support import AC_SUBSCRIBED, CLI, AcAdmin, create_list, esp_connect, post_batch
+from .activecampaign_support import (
+    AC_SUBSCRIBED,
+    CLI,
+    AcAdmin,
+    connect_activecampaign,
+    create_list,
+    esp_connect,
+    post_batch,
+)
 from .conftest import Launcher
 from .processes import REPO_ROOT, wait_until
 from .sandbox_support import SandboxAdmin, running_sandbox
@@ -127,20 +135,8 @@ def test_an_erased_person_is_gone_everywhere_and_stays_gone(
         try:
             list_id = create_list(sandbox.url, AC_TOKEN)
             esp_connect(env, store, "klaviyo", KLAVIYO_KEY, sandbox.url)
-            esp_connect(
-                env,
-                store,
-                "activecampaign",
-                AC_TOKEN,
-                sandbox.url,
-                "--event-key",
-                AC_EVENT_KEY,
-                "--setting",
-                f"list_id={list_id}",
-                "--setting",
-                f"actid={AC_ACTID}",
-                "--setting",
-                f"track_url={sandbox.url}/event",
+            connect_activecampaign(
+                env, store, sandbox.url, token=AC_TOKEN, actid=AC_ACTID, event_key=AC_EVENT_KEY, list_id=list_id
             )
             server = launcher.serve(env)
             launcher.worker(env)

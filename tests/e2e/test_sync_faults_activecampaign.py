@@ -48,11 +48,11 @@ from .activecampaign_support import (
     AC_SUBSCRIBED,
     AC_UNSUBSCRIBED,
     AcAdmin,
+    connect_activecampaign,
     contacts_by_email,
     create_list,
     dead_letters,
     enqueued_events,
-    esp_connect,
     list_status,
     orders_by_externalid,
     post_batch,
@@ -204,24 +204,16 @@ def _run(
     # Given an AC account with a list (made in AC's UI), the store connected to it with espbridge esp connect,
     # espbridge serve on Redis and one espbridge worker
     list_id = create_list(sandbox.url, AC_TOKEN)
-    esp_connect(
+    connect_activecampaign(
         env,
         store,
-        ESP,
-        AC_TOKEN,
         sandbox.url,
-        "--event-key",
-        AC_EVENT_KEY,
-        "--setting",
-        f"list_id={list_id}",
-        "--setting",
-        f"actid={AC_ACTID}",
-        "--setting",
-        f"track_url={sandbox.url}/event",
-        "--setting",
-        f"rate_limit_scale={TIME_SCALE}",
-        "--setting",
-        f"timeout={HTTP_TIMEOUT}",
+        token=AC_TOKEN,
+        actid=AC_ACTID,
+        event_key=AC_EVENT_KEY,
+        list_id=list_id,
+        rate_limit_scale=TIME_SCALE,
+        timeout=HTTP_TIMEOUT,
     )
     server = launcher.serve(env)
     worker = launcher.worker(env)

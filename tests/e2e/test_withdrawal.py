@@ -25,7 +25,15 @@ from connector.tenancy import NewStore, create_admin_user
 from tests.services import RedisServer
 from web.cli import main
 
-from .activecampaign_support import AC_SUBSCRIBED, AC_UNSUBSCRIBED, AcAdmin, create_list, esp_connect, post_batch
+from .activecampaign_support import (
+    AC_SUBSCRIBED,
+    AC_UNSUBSCRIBED,
+    AcAdmin,
+    connect_activecampaign,
+    create_list,
+    esp_connect,
+    post_batch,
+)
 from .conftest import Launcher
 from .processes import ServiceProcess, wait_until
 from .sandbox_support import SandboxAdmin, running_sandbox
@@ -224,20 +232,8 @@ def _connect_and_start(
     """Both ESPs connected with the CLI (an AC list made in AC's UI), serve + one worker, Klaviyo's webhook on."""
     list_id = create_list(sandbox.url, AC_TOKEN)
     esp_connect(env, store, "klaviyo", KLAVIYO_KEY, sandbox.url)
-    esp_connect(
-        env,
-        store,
-        "activecampaign",
-        AC_TOKEN,
-        sandbox.url,
-        "--event-key",
-        AC_EVENT_KEY,
-        "--setting",
-        f"list_id={list_id}",
-        "--setting",
-        f"actid={AC_ACTID}",
-        "--setting",
-        f"track_url={sandbox.url}/event",
+    connect_activecampaign(
+        env, store, sandbox.url, token=AC_TOKEN, actid=AC_ACTID, event_key=AC_EVENT_KEY, list_id=list_id
     )
     server = launcher.serve(env)
     launcher.worker(env)
