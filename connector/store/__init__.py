@@ -20,6 +20,8 @@ from .db import Database, connect
 from .esp import EspConnection
 from .events import Event
 from .outbox import OutboxRow, OutboxStatus
+from .rfm import ContactLifecycle, RfmRun, RfmScore, RfmTransition
+from .segments import Segment, SegmentChange, SegmentCount, SegmentMember
 from .sync import (
     Engagement,
     EngagementKind,
@@ -44,6 +46,7 @@ __all__ = [
     "ConsentState",
     "ConsentStatus",
     "Contact",
+    "ContactLifecycle",
     "Database",
     "Engagement",
     "EngagementKind",
@@ -59,7 +62,14 @@ __all__ = [
     "OutboxRow",
     "OutboxStatus",
     "Product",
+    "RfmRun",
+    "RfmScore",
+    "RfmTransition",
     "Role",
+    "Segment",
+    "SegmentChange",
+    "SegmentCount",
+    "SegmentMember",
     "Store",
     "Suppression",
     "SyncItem",
