@@ -45,7 +45,7 @@ from .. import phones
 from ..commerce import OrderProperties
 from ..store import Channel, ConsentStatus, Contact
 from .activecampaign import MAX_EVENT_NAME, AcContact, ActiveCampaignClient, is_duplicate
-from .base import AbandonedCart, ConsentChange, Outcome, TrackedEvent
+from .base import AbandonedCart, ConsentChange, MembershipChange, Outcome, SegmentRef, TrackedEvent
 from .batches import MAX_REJECTION_ROUNDS as MAX_REJECTION_ROUNDS
 from .batches import mark_failed, send_resilient
 from .errors import Accepted, EspError, Permanent, Rejected, Transient
@@ -636,6 +636,26 @@ class ActiveCampaignAdapter:
                 break
         outcome.requests = self.client.requests - start
         return outcome
+
+    def mirror_membership(self, segment: SegmentRef, changes: Sequence[MembershipChange]) -> Outcome:
+        """The sync engine's call: ``mirror_segment`` under the segment's configured tag (or its name), with
+        the outcome's indexes mapped back to ``changes``."""
+        entered = [i for i, change in enumerate(changes) if change.member]
+        exited = [i for i, change in enumerate(changes) if not change.member]
+        inner = self.mirror_segment(
+            str(segment.mirror.get("tag") or segment.name),
+            [changes[i].contact for i in entered],
+            [changes[i].contact for i in exited],
+            subscribed={changes[i].contact.id for i in entered if changes[i].subscribed},
+        )
+        order = entered + exited
+        return Outcome(
+            rejected={order[i]: reason for i, reason in inner.rejected.items()},
+            skipped={order[i]: reason for i, reason in inner.skipped.items()},
+            failed={order[i] for i in inner.failed},
+            error=inner.error,
+            requests=inner.requests,
+        )
 
     def _segment_tag(self, name: str) -> str:
         tag = TAG_PREFIX + name

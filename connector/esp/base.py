@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..store import Cart, CartItem, Contact, Event
 from .errors import EspError
@@ -48,6 +48,28 @@ class AbandonedCart:
     contact: Contact
 
 
+@dataclass(frozen=True)
+class SegmentRef:
+    """A segment mirrored to one ESP: ``mirror`` is that ESP's entry of ``Segment.mirror`` (a Klaviyo
+    ``list_id``, an ActiveCampaign ``tag`` or ``list_id``; empty: the adapter names it after the segment)."""
+
+    id: int
+    name: str
+    mirror: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MembershipChange:
+    """A contact's current membership of a mirrored segment, as the engine read it from segment_members."""
+
+    contact: Contact
+    member: bool
+    #: The ESP's id of the contact (esp_links), when the profile sync already stored one.
+    remote_id: str | None = None
+    #: Subscribed on email: where the mirror is a list that must not subscribe anyone, only these are added.
+    subscribed: bool = False
+
+
 @dataclass
 class Outcome:
     """Per input index: ``remote_ids`` (done, with the ESP's id when known), ``rejected`` / ``skipped`` (reason),
@@ -59,6 +81,8 @@ class Outcome:
     failed: set[int] = field(default_factory=set)
     error: EspError | None = None
     requests: int = 0
+    #: ``mirror_segment``: settings learned while sending (a list created) to keep in the segment's mirror.
+    mirror: dict[str, Any] | None = None
 
     def fail(self, indexes: Sequence[int], error: EspError) -> None:
         self.failed.update(i for i in indexes if i not in self.rejected and i not in self.skipped)
@@ -100,6 +124,11 @@ class EspAdapter(Protocol):
 
     def erase(self, contacts: Sequence[Contact]) -> Outcome:
         """Ask the ESP to delete these people and their data (the right to erasure)."""
+        ...
+
+    def mirror_membership(self, segment: SegmentRef, changes: Sequence[MembershipChange]) -> Outcome:
+        """Make the ESP's copy of ``segment`` (a list or tag) match: members added, others removed. Never
+        changes anyone's consent (no subscribe or unsubscribe calls)."""
         ...
 
     def close(self) -> None: ...

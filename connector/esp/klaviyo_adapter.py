@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 
 from ..errors import InvalidInput
 from ..store import Contact
-from .base import AbandonedCart, ConsentChange, Outcome, TrackedEvent
+from .base import AbandonedCart, ConsentChange, MembershipChange, Outcome, SegmentRef, TrackedEvent
 from .batches import MAX_REJECTION_ROUNDS as MAX_REJECTION_ROUNDS
 from .batches import mark_failed, send_resilient
 from .errors import Accepted, EspError, Rejected, Transient
@@ -265,6 +265,62 @@ class KlaviyoAdapter:
             except EspError as error:
                 self._failed(outcome, [i for i in range(index, len(contacts)) if i not in outcome.skipped], error)
                 break
+        return outcome
+
+    # segments
+
+    def mirror_membership(self, segment: SegmentRef, changes: Sequence[MembershipChange]) -> Outcome:
+        """A list per segment: members added to it, the others removed, by Klaviyo profile id, 1,000 a request.
+
+        The list is ``segment.mirror["list_id"]``, or one created as ``espbridge: <name>`` (single opt-in) whose id
+        the outcome carries for the engine to keep. A contact without a Klaviyo id yet is upserted first (the
+        profile only: no consent). List relationship calls never subscribe or unsubscribe anyone."""
+        outcome = Outcome()
+        ids: dict[int, str] = {}
+        for index, change in enumerate(changes):
+            if change.remote_id:
+                ids[index] = change.remote_id
+                continue
+            try:
+                profile = self.mapping.profile(change.contact)
+            except InvalidInput as exc:
+                outcome.skipped[index] = f"no identifier Klaviyo accepts ({exc})"
+                continue
+            outcome.requests += 1
+            try:
+                ids[index] = self.client.import_profile(profile).id
+            except Rejected as error:
+                outcome.rejected[index] = error.message
+            except EspError as error:
+                self._failed(outcome, [i for i in range(index, len(changes)) if i not in outcome.skipped], error)
+                return outcome
+        if not ids:
+            return outcome
+        list_id = segment.mirror.get("list_id")
+        if not list_id:
+            outcome.requests += 1
+            try:
+                list_id = self.client.create_list(f"espbridge: {segment.name}", opt_in_process="single_opt_in")
+            except EspError as error:
+                self._failed(outcome, list(ids), error)
+                return outcome
+            outcome.mirror = {**segment.mirror, "list_id": list_id}
+        adds = [i for i in ids if changes[i].member]
+        removes = [i for i in ids if not changes[i].member]
+        if adds:
+            send_resilient(
+                adds,
+                lambda chunk: self.client.add_to_list(list_id, [ids[i] for i in chunk]),
+                outcome,
+                pause=self._pause,
+            )
+        if removes:
+            send_resilient(
+                removes,
+                lambda chunk: self.client.remove_from_list(list_id, [ids[i] for i in chunk]),
+                outcome,
+                pause=self._pause,
+            )
         return outcome
 
     # plumbing

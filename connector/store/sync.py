@@ -22,6 +22,7 @@ class SyncKind(enum.StrEnum):
     EVENT = "event"  # subject: event id; never coalesces (each event is sent once, unique_id = messageId)
     CART = "cart"  # subject: cart row id, when the cart is abandoned; coalesces
     ERASE = "erase"  # subject: "<erasure id>:<contact id>"; payload: the identifiers the ESP deletes by
+    SEGMENT = "segment"  # subject: "<segment id>:<contact id>"; coalesces (the current membership is mirrored)
 
 
 class SyncItemStatus(enum.StrEnum):

@@ -223,17 +223,26 @@ ESPS: dict[str, EspSpec] = {
             SyncKind.EVENT: 1000,
             SyncKind.CART: 1000,
             SyncKind.ERASE: 10,  # one data-privacy deletion request each, on a small rate limit
+            SyncKind.SEGMENT: 1000,  # list relationships take 1,000 profiles a request
         },
     ),
     # A job holds a worker thread (shared with other ESPs) while it waits on the account's 5/s: each kind's batch
     # is a few seconds of that budget. Profiles: one contact/sync each (a full sync's bulk import takes its own
     # page size); consent: up to 3 requests each (find, read the list status, set it); events: trackcmp has its
-    # own budget, orders cost one request once the connection and customer are cached; carts up to 2 each.
+    # own budget, orders cost one request once the connection and customer are cached; carts up to 2 each;
+    # segment mirrors up to 3 each (find the contact, tag it or read its tags and remove one).
     "activecampaign": EspSpec(
         ACTIVECAMPAIGN_SETTINGS,
         _check_activecampaign,
         _build_activecampaign,
-        {SyncKind.PROFILE: 25, SyncKind.CONSENT: 10, SyncKind.EVENT: 50, SyncKind.CART: 10, SyncKind.ERASE: 10},
+        {
+            SyncKind.PROFILE: 25,
+            SyncKind.CONSENT: 10,
+            SyncKind.EVENT: 50,
+            SyncKind.CART: 10,
+            SyncKind.ERASE: 10,
+            SyncKind.SEGMENT: 10,
+        },
     ),
 }
 

@@ -28,10 +28,23 @@ from dramatiq.common import compute_backoff
 from .. import double_opt_in, erasure, suppression
 from ..credentials import CredentialsUnavailable
 from ..errors import InvalidInput, NotFound
-from ..esp.base import AbandonedCart, ConsentChange, EspAdapter, Outcome, TrackedEvent
+from ..esp.base import AbandonedCart, ConsentChange, EspAdapter, MembershipChange, Outcome, SegmentRef, TrackedEvent
 from ..esp.errors import EspError, RateLimited, Transient
 from ..settings import Settings
-from ..store import Cart, CartItem, Contact, Database, Event, SyncItem, SyncItemStatus, SyncKind, utcnow
+from ..store import (
+    Cart,
+    CartItem,
+    ConsentStatus,
+    Contact,
+    Database,
+    Event,
+    Segment,
+    SegmentMember,
+    SyncItem,
+    SyncItemStatus,
+    SyncKind,
+    utcnow,
+)
 from . import records
 from .adapters import AdapterCache
 
@@ -66,6 +79,8 @@ class _Settled:
     dead: dict[int, str] = field(default_factory=dict)
     failed: dict[int, EspError] = field(default_factory=dict)
     links: list[records.LinkUpdate] = field(default_factory=list)
+    #: Segment id → this ESP's mirror settings learned while sending (a list the adapter created).
+    mirrors: dict[int, dict[str, object]] = field(default_factory=dict)
 
     def apply(self, outcome: Outcome, item_ids: Sequence[int]) -> None:
         for index, item_id in enumerate(item_ids):
@@ -134,7 +149,14 @@ class SyncEngine:
                 by_kind.setdefault(item.kind, []).append(item)
             work = [
                 (kind, self._loaders[kind](self, session, store_id, by_kind[kind], settled))
-                for kind in (SyncKind.ERASE, SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.EVENT, SyncKind.CART)
+                for kind in (
+                    SyncKind.ERASE,
+                    SyncKind.PROFILE,
+                    SyncKind.CONSENT,
+                    SyncKind.EVENT,
+                    SyncKind.CART,
+                    SyncKind.SEGMENT,
+                )
                 if kind in by_kind
             ]
         if adapter is not None:
@@ -293,12 +315,83 @@ class SyncEngine:
 
         return _sender(people, person_items, settled, lambda adapter, batch: adapter.erase(batch))
 
+    def _segments(self, session: sa.orm.Session, store_id: int, items: list[SyncItem], settled: _Settled) -> _Send:
+        """Mirror each (segment, contact) as it is now: a member row means add, none means remove, so changes
+        that coalesced while pending send their net effect."""
+        esp = items[0].esp
+        wanted: dict[tuple[int, int], SyncItem] = {}
+        for item in items:
+            segment_part, _, contact_part = item.subject_id.partition(":")
+            wanted[(int(segment_part), int(contact_part))] = item
+        segments = {
+            s.id: s
+            for s in session.scalars(
+                sa.select(Segment).where(Segment.store_id == store_id, Segment.id.in_({sid for sid, _ in wanted}))
+            )
+        }
+        contacts = records.live_contacts(session, store_id, {cid for _, cid in wanted})
+        live_ids = [c.id for c in contacts.values()]
+        members = set(
+            session.execute(
+                sa.select(SegmentMember.segment_id, SegmentMember.contact_id).where(
+                    SegmentMember.store_id == store_id,
+                    SegmentMember.segment_id.in_(segments),
+                    SegmentMember.contact_id.in_(live_ids),
+                )
+            ).tuples()
+        )
+        known = records.links(session, store_id, esp, live_ids)
+        consents = records.consent_states(session, store_id, live_ids)
+        groups: dict[int, tuple[list[MembershipChange], list[int]]] = {}
+        seen: set[tuple[int, int]] = set()
+        for (segment_id, contact_id), item in wanted.items():
+            segment = segments.get(segment_id)
+            contact = contacts.get(contact_id)
+            if segment is None or esp not in (segment.mirror or {}):
+                settled.skipped[item.id] = f"segment not mirrored to {esp}"
+                continue
+            if contact is None:
+                settled.skipped[item.id] = "contact no longer exists"
+                continue
+            if suppression.blocked(contact):
+                settled.skipped[item.id] = SUPPRESSED
+                continue
+            if (segment_id, contact.id) in seen:  # two items resolved to one survivor of a merge
+                settled.done.add(item.id)
+                continue
+            seen.add((segment_id, contact.id))
+            link = known.get(contact.id)
+            change = MembershipChange(
+                contact,
+                (segment_id, contact.id) in members,
+                remote_id=link.remote_id if link is not None else None,
+                subscribed=consents.get(contact.id, {}).get("email") == ConsentStatus.SUBSCRIBED,
+            )
+            group = groups.setdefault(segment_id, ([], []))
+            group[0].append(change)
+            group[1].append(item.id)
+        refs = {sid: SegmentRef(sid, segments[sid].name, dict(segments[sid].mirror.get(esp) or {})) for sid in groups}
+
+        def send(adapter: EspAdapter) -> int:
+            requests = 0
+            for segment_id, (changes, item_ids) in groups.items():
+                outcome = adapter.mirror_membership(refs[segment_id], changes)
+                settled.apply(outcome, item_ids)
+                if outcome.mirror is not None:
+                    settled.mirrors[segment_id] = outcome.mirror
+                    refs[segment_id] = SegmentRef(segment_id, refs[segment_id].name, outcome.mirror)
+                requests += outcome.requests
+            return requests
+
+        return send
+
     _loaders = {
         SyncKind.ERASE: _erasures,
         SyncKind.PROFILE: _profiles,
         SyncKind.CONSENT: _consents,
         SyncKind.EVENT: _events,
         SyncKind.CART: _carts,
+        SyncKind.SEGMENT: _segments,
     }
 
     # writing the outcome
@@ -329,6 +422,12 @@ class SyncEngine:
                     erasures.add(int(item.subject_id.partition(":")[0]))
                     erasure.forget(item, settled=item.status != SyncItemStatus.PENDING)
             records.save_links(session, store_id, esp, settled.links, now)
+            for segment_id, mirror in settled.mirrors.items():
+                segment = session.get(Segment, segment_id, with_for_update=True)
+                if segment is not None and segment.store_id == store_id and esp in (segment.mirror or {}):
+                    current = dict(segment.mirror[esp] or {})
+                    # the first list created wins: a concurrent job's list id is never overwritten
+                    segment.mirror = {**segment.mirror, esp: {**mirror, **current}}
             erasure.settle(session, store_id, erasures)
 
     def _dead(self, item: SyncItem, error: str, report: SyncReport) -> None:

@@ -18,7 +18,17 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
 
 from ..outbox import Topic
-from ..store import Database, EspConnection, OutboxRow, SyncItem, SyncItemStatus, SyncKind, utcnow
+from ..store import (
+    Database,
+    EspConnection,
+    OutboxRow,
+    Segment,
+    SegmentChange,
+    SyncItem,
+    SyncItemStatus,
+    SyncKind,
+    utcnow,
+)
 from ..store.claims import claim
 from .adapters import batch_size, largest_batch
 
@@ -28,7 +38,7 @@ TOPIC_KINDS = {
     Topic.EVENT_TRACKED: SyncKind.EVENT,
     Topic.CART_ABANDONED: SyncKind.CART,
 }
-COALESCING_KINDS = frozenset({SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.CART})
+COALESCING_KINDS = frozenset({SyncKind.PROFILE, SyncKind.CONSENT, SyncKind.CART, SyncKind.SEGMENT})
 CLAIM_LIMIT = 5000
 #: Jobs' worth of items one store and ESP may have enqueued at once (see ``claim_due``).
 MAX_JOBS_IN_FLIGHT = 8
@@ -46,6 +56,33 @@ def fan_out(session: Session, row: OutboxRow) -> int:
         subject = f"{row.subject_id}:{row.payload.get('channel')}"
     esps = session.scalars(sa.select(EspConnection.esp).where(EspConnection.store_id == row.store_id)).all()
     return sum(add(session, row.store_id, esp, kind, subject) for esp in esps)
+
+
+def queue_mirror_changes(session: Session, store_id: int, changes: Sequence[SegmentChange]) -> int:
+    """Queue entered/exited changes for every connected ESP their segment is mirrored to (``Segment.mirror`` has
+    an entry for it); returns how many items were added. Call it in the transaction that records the changes.
+
+    Items coalesce per segment and contact: the job mirrors the membership as it is when it runs, so entering
+    and leaving again before it runs sends the net state (a remove of someone who never was there is harmless).
+    """
+    if not changes:
+        return 0
+    segment_ids = {change.segment_id for change in changes}
+    mirrors: dict[int, dict[str, Any]] = dict(
+        session.execute(
+            sa.select(Segment.id, Segment.mirror).where(Segment.store_id == store_id, Segment.id.in_(segment_ids))
+        ).tuples()
+    )
+    connected = set(session.scalars(sa.select(EspConnection.esp).where(EspConnection.store_id == store_id)))
+    added = 0
+    seen: set[tuple[str, str]] = set()
+    for change in changes:
+        subject = f"{change.segment_id}:{change.contact_id}"
+        for esp in sorted(set(mirrors.get(change.segment_id) or {}) & connected):
+            if (esp, subject) not in seen:
+                seen.add((esp, subject))
+                added += add(session, store_id, esp, SyncKind.SEGMENT, subject)
+    return added
 
 
 def add(
