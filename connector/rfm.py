@@ -1,0 +1,292 @@
+"""RFM snapshots, exactly as DESIGN.md section 8 defines them, computed in the database.
+
+Population: the store's live contacts (not merged into another, not erased) with at least one completed order
+dated on or before ``as_of`` (UTC date of ``placed_at``). "Completed" means status ``completed`` or
+``partially_refunded``; fully refunded and cancelled orders are not purchases. Orders after ``as_of`` are ignored,
+and ``as_of`` is always an argument, never ``now()``, so a run is reproducible.
+
+- Recency: whole days from the last completed order's date to ``as_of``.
+- Frequency: completed orders dated in (``as_of`` - window, ``as_of``].
+- Monetary: net revenue of those orders in integer cents: ``revenue_cents`` (falling back to ``total_cents``)
+  minus ``refunded_cents``, never below zero. Integer cents keep equal purchases equal (no float sums).
+
+R and M cut-points are the 20/40/60/80th percentiles with linear interpolation (numpy's default), computed by the
+database: ``percentile_cont`` on PostgreSQL; on SQLite the two neighbouring sorted values are fetched with
+ORDER BY … LIMIT 1 OFFSET k and interpolated (4 tiny queries per dimension). Score = 1 + the number of cut-points
+the value is strictly better than, so equal values always share a score and row order cannot matter. F uses fixed
+thresholds. With fewer than ``min_scored_for_percentiles`` scored contacts all three use fixed thresholds.
+
+Scores are written with one INSERT … SELECT; transitions against the store's previous run with two more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .store.base import utcnow
+from .store.commerce import Order
+from .store.contacts import Contact
+from .store.db import Database
+from .store.rfm import RfmRun, RfmScore, RfmTransition
+
+PERCENTILES = (0.2, 0.4, 0.6, 0.8)
+COMPLETED = ("completed", "partially_refunded")
+GROUPS = (("VIP", 38), ("Loyal", 28), ("At Risk", 18), ("Hibernating", 10))
+
+
+@dataclasses.dataclass(frozen=True)
+class RfmConfig:
+    window_days: int = 365
+    #: F lower bounds for scores 2..5: 1 | 2 | 3-4 | 5-9 | 10+ orders.
+    frequency_thresholds: tuple[int, int, int, int] = (2, 3, 5, 10)
+    min_scored_for_percentiles: int = 500
+    #: Fixed fallback: R scores 2..5 for recency at most these days; M scores 2..5 from these net cents.
+    fixed_recency_days: tuple[int, int, int, int] = (365, 180, 90, 30)
+    fixed_monetary_cents: tuple[int, int, int, int] = (5_000, 10_000, 25_000, 50_000)
+    #: A group whose share of the scored population moves by more than this many percentage points alerts.
+    drift_alert_pct: float = 10.0
+
+
+def _day_start(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+
+
+def _aggregate(dialect: str, store_id: int, as_of: dt.date, window_days: int) -> sa.Subquery:
+    """One row per scored contact: contact_id, recency_days, frequency, monetary_cents."""
+    o = Order.__table__
+    c = Contact.__table__
+    end = _day_start(as_of + dt.timedelta(days=1))
+    start = _day_start(as_of - dt.timedelta(days=window_days - 1))
+    in_window = sa.and_(o.c.placed_at >= start)
+    net = sa.case(
+        (
+            sa.func.coalesce(o.c.revenue_cents, o.c.total_cents, 0) - o.c.refunded_cents > 0,
+            sa.func.coalesce(o.c.revenue_cents, o.c.total_cents, 0) - o.c.refunded_cents,
+        ),
+        else_=0,
+    )
+    last = sa.func.max(o.c.placed_at)
+    recency: sa.ColumnElement[Any]
+    if dialect == "postgresql":
+        recency = sa.literal(as_of, sa.Date) - sa.cast(sa.func.timezone("UTC", last), sa.Date)
+    else:
+        recency = sa.cast(sa.func.julianday(as_of.isoformat()) - sa.func.julianday(sa.func.date(last)), sa.Integer)
+    return (
+        sa.select(
+            o.c.contact_id.label("contact_id"),
+            recency.label("recency_days"),
+            sa.func.count().filter(in_window).label("frequency"),
+            sa.func.coalesce(sa.func.sum(net).filter(in_window), 0).label("monetary_cents"),
+        )
+        .select_from(o.join(c, c.c.id == o.c.contact_id))
+        .where(
+            o.c.store_id == store_id,
+            c.c.store_id == store_id,
+            c.c.merged_into_id.is_(None),
+            c.c.erased_at.is_(None),
+            o.c.status.in_(COMPLETED),
+            o.c.placed_at < end,
+        )
+        .group_by(o.c.contact_id)
+        .subquery("agg")
+    )
+
+
+def _percentiles(session: Session, agg: sa.Subquery, column: str, n: int) -> list[float]:
+    col = agg.c[column]
+    if session.get_bind().dialect.name == "postgresql":
+        row = session.execute(
+            sa.select(sa.func.percentile_cont(sa.literal(list(PERCENTILES))).within_group(col))
+        ).scalar_one()
+        return [float(v) for v in row]
+    cuts = []
+    for p in PERCENTILES:
+        # numpy "linear": position p*(n-1) between the floor and ceil order statistics.
+        pos = p * (n - 1)
+        lo, hi = math.floor(pos), math.ceil(pos)
+        v_lo, v_hi = (
+            float(session.execute(sa.select(col).order_by(col).limit(1).offset(k)).scalar_one()) for k in (lo, hi)
+        )
+        cuts.append(v_lo + (v_hi - v_lo) * (pos - lo))
+    return cuts
+
+
+def _score(value: sa.ColumnElement[Any], op: str, cuts: Sequence[float]) -> sa.ColumnElement[Any]:
+    """1 + how many cut-points ``value op cut`` holds for (binds, so the SQL text is the same every run)."""
+    ops = {"<": value.__lt__, ">": value.__gt__, "<=": value.__le__, ">=": value.__ge__}
+    terms: sa.ColumnElement[Any] = sa.literal(1)
+    for cut in cuts:
+        terms = terms + sa.case((ops[op](cut), 1), else_=0)
+    return terms
+
+
+def run_snapshot(db: Database, store_id: int, as_of: dt.date, *, config: RfmConfig | None = None) -> int:
+    """Score the store's population as of ``as_of``; returns the new RfmRun id."""
+    cfg = config or RfmConfig()
+    with db.writer() as session:
+        agg = _aggregate(db.dialect, store_id, as_of, cfg.window_days)
+        scored_n = session.execute(sa.select(sa.func.count()).select_from(agg)).scalar_one()
+        method = "percentiles" if scored_n >= cfg.min_scored_for_percentiles else "fixed"
+        if method == "percentiles":
+            r_cuts, r_op = _percentiles(session, agg, "recency_days", scored_n), "<"
+            m_cuts, m_op = _percentiles(session, agg, "monetary_cents", scored_n), ">"
+        else:
+            r_cuts, r_op = [float(v) for v in cfg.fixed_recency_days], "<="
+            m_cuts, m_op = [float(v) for v in cfg.fixed_monetary_cents], ">="
+        f_cuts = [float(v) for v in cfg.frequency_thresholds]
+        run = RfmRun(
+            store_id=store_id,
+            as_of=as_of,
+            window_days=cfg.window_days,
+            method=method,
+            cutpoints={
+                "recency_days": {"op": r_op, "cuts": r_cuts},
+                "monetary_cents": {"op": m_op, "cuts": m_cuts},
+                "frequency": {"op": ">=", "cuts": f_cuts},
+            },
+        )
+        session.add(run)
+        session.flush()
+        r = _score(agg.c.recency_days, r_op, r_cuts)
+        f = _score(agg.c.frequency, ">=", f_cuts)
+        m = _score(agg.c.monetary_cents, m_op, m_cuts)
+        scored = sa.select(
+            agg.c.contact_id,
+            agg.c.recency_days,
+            agg.c.frequency,
+            agg.c.monetary_cents,
+            r.label("r"),
+            f.label("f"),
+            m.label("m"),
+            (4 * r + 3 * f + 3 * m).label("composite"),
+        ).subquery("scored")
+        group = sa.case(*((scored.c.composite >= low, name) for name, low in GROUPS[:-1]), else_=GROUPS[-1][0])
+        cols = ["contact_id", "recency_days", "frequency", "monetary_cents", "r", "f", "m", "composite"]
+        session.execute(
+            sa.insert(RfmScore).from_select(
+                ["store_id", "run_id", *cols, "group"],
+                sa.select(sa.literal(store_id), sa.literal(run.id), *(scored.c[k] for k in cols), group),
+            )
+        )
+        run.population = _population(session, store_id, as_of)
+        run.scored = _count_scores(session, store_id, run.id)
+        run.complete = run.population == run.scored
+        shares = _group_shares(session, store_id, run.id, run.scored)
+        run.group_shares = shares
+        previous = session.scalars(
+            sa.select(RfmRun)
+            .where(RfmRun.store_id == store_id, RfmRun.id < run.id, RfmRun.finished_at.is_not(None))
+            .order_by(RfmRun.id.desc())
+            .limit(1)
+        ).first()
+        if previous is not None:
+            run.drift_alerts = _drift(previous.group_shares, shares, cfg.drift_alert_pct)
+            run.transitions = _record_transitions(session, store_id, previous.id, run.id)
+        run.finished_at = utcnow()
+        return run.id
+
+
+def _population(session: Session, store_id: int, as_of: dt.date) -> int:
+    """Counted independently of the scoring query, so completeness is a real check."""
+    o, c = Order.__table__, Contact.__table__
+    has_order = (
+        sa.select(o.c.id)
+        .where(
+            o.c.store_id == store_id,
+            o.c.contact_id == c.c.id,
+            o.c.status.in_(COMPLETED),
+            o.c.placed_at < _day_start(as_of + dt.timedelta(days=1)),
+        )
+        .exists()
+    )
+    return session.execute(
+        sa.select(sa.func.count())
+        .select_from(c)
+        .where(c.c.store_id == store_id, c.c.merged_into_id.is_(None), c.c.erased_at.is_(None), has_order)
+    ).scalar_one()
+
+
+def _count_scores(session: Session, store_id: int, run_id: int) -> int:
+    return session.execute(
+        sa.select(sa.func.count()).where(RfmScore.store_id == store_id, RfmScore.run_id == run_id)
+    ).scalar_one()
+
+
+def _group_shares(session: Session, store_id: int, run_id: int, scored: int) -> dict[str, Any]:
+    rows = session.execute(
+        sa.select(RfmScore.group, sa.func.count())
+        .where(RfmScore.store_id == store_id, RfmScore.run_id == run_id)
+        .group_by(RfmScore.group)
+    ).all()
+    counts = {name: 0 for name, _ in GROUPS} | {g: n for g, n in rows}
+    return {name: {"count": n, "share": round(n / scored, 6) if scored else 0.0} for name, n in counts.items()}
+
+
+def _drift(previous: dict[str, Any], current: dict[str, Any], pct: float) -> list[dict[str, Any]]:
+    alerts = []
+    for name, now in current.items():
+        before = float(previous.get(name, {}).get("share", 0.0))
+        moved = (float(now["share"]) - before) * 100
+        if abs(moved) > pct:
+            alerts.append({"group": name, "from_share": before, "to_share": now["share"], "moved_pct": round(moved, 3)})
+    return alerts
+
+
+def _record_transitions(session: Session, store_id: int, previous_id: int, run_id: int) -> int:
+    """Contacts whose group differs from the previous run (entered, moved, or left the population)."""
+    new = sa.orm.aliased(RfmScore, name="new")
+    old = sa.orm.aliased(RfmScore, name="old")
+    cols = ["store_id", "run_id", "contact_id", "from_group", "to_group"]
+    session.execute(
+        sa.insert(RfmTransition).from_select(
+            cols,
+            sa.select(sa.literal(store_id), sa.literal(run_id), new.contact_id, old.group, new.group)
+            .select_from(new)
+            .outerjoin(
+                old, sa.and_(old.store_id == store_id, old.run_id == previous_id, old.contact_id == new.contact_id)
+            )
+            .where(
+                new.store_id == store_id,
+                new.run_id == run_id,
+                sa.or_(old.group.is_(None), old.group != new.group),
+            ),
+        )
+    )
+    session.execute(
+        sa.insert(RfmTransition).from_select(
+            cols,
+            sa.select(sa.literal(store_id), sa.literal(run_id), old.contact_id, old.group, sa.null())
+            .select_from(old)
+            .outerjoin(new, sa.and_(new.store_id == store_id, new.run_id == run_id, new.contact_id == old.contact_id))
+            .where(old.store_id == store_id, old.run_id == previous_id, new.contact_id.is_(None)),
+        )
+    )
+    # Counted, not rowcount: INSERT … SELECT reports -1 on some drivers.
+    return session.execute(
+        sa.select(sa.func.count()).where(RfmTransition.store_id == store_id, RfmTransition.run_id == run_id)
+    ).scalar_one()
+
+
+def run_as_dict(run: RfmRun) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "as_of": run.as_of.isoformat(),
+        "method": run.method,
+        "window_days": run.window_days,
+        "population": run.population,
+        "scored": run.scored,
+        "complete": run.complete,
+        "cutpoints": run.cutpoints,
+        "group_shares": run.group_shares,
+        "drift_alerts": run.drift_alerts,
+        "transitions": run.transitions,
+        "started_at": run.started_at.isoformat(),
+        "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+    }
