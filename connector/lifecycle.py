@@ -1,0 +1,127 @@
+"""Lifecycle stage and churn risk per contact, computed in SQL into contact_lifecycle.
+
+Only live contacts (not merged, not erased) with at least one completed order on or before ``as_of`` get a row;
+"completed" is the same as RFM's (``completed`` or ``partially_refunded``). With ``days`` = whole days since the
+last completed order, the first matching rule wins:
+
+- ``churned``: days > ``churned_days`` (default 90);
+- ``at_risk``: days > ``at_risk_days`` (default 45);
+- ``reactivated``: the gap between the last order and the one before it exceeded ``churned_days`` (the customer
+  had churned and came back);
+- ``new``: the first order is at most ``new_days`` old (default 30);
+- ``active``: everyone else.
+
+Churn risk, in 0..1, is how far the customer is into the time by which they would normally have bought again::
+
+    expected = churned_days                                          for a one-order customer
+             = clamp(2 * average gap between their orders, at_risk_days, churned_days)   otherwise
+    churn_risk = min(1, days / expected), rounded to 3 decimals
+
+So 0 on the day of an order, 0.5 halfway to the expected return, 1 once overdue; a customer who orders every
+week reaches 1 after 45 days, a one-time buyer after 90. Every input is on the row's order history: it can be
+explained with three numbers (days, order count, average gap).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+
+from .store.base import UTCDateTime, utcnow
+from .store.commerce import Order
+from .store.contacts import Contact
+from .store.db import Database
+from .store.rfm import ContactLifecycle
+
+COMPLETED = ("completed", "partially_refunded")
+
+
+@dataclasses.dataclass(frozen=True)
+class LifecycleConfig:
+    new_days: int = 30
+    at_risk_days: int = 45
+    churned_days: int = 90
+
+
+def _day(dialect: str, ts: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """A timestamp's UTC date as a day number (PostgreSQL: date; SQLite: julian day), for subtraction."""
+    if dialect == "postgresql":
+        return sa.cast(sa.func.timezone("UTC", ts), sa.Date)
+    return sa.func.julianday(sa.func.date(ts))
+
+
+def _as_of_day(dialect: str, as_of: dt.date) -> sa.ColumnElement[Any]:
+    if dialect == "postgresql":
+        return sa.literal(as_of, sa.Date)
+    return sa.func.julianday(as_of.isoformat())
+
+
+def compute(db: Database, store_id: int, as_of: dt.date, *, config: LifecycleConfig | None = None) -> int:
+    """Replace the store's lifecycle rows as of ``as_of``; returns how many contacts got a stage."""
+    cfg = config or LifecycleConfig()
+    d = db.dialect
+    o, c = Order.__table__, Contact.__table__
+    end = dt.datetime(as_of.year, as_of.month, as_of.day, tzinfo=dt.UTC) + dt.timedelta(days=1)
+    # Each order with its contact's last order time, so the aggregate below can find the order before the last.
+    orders = (
+        sa.select(
+            o.c.contact_id,
+            o.c.placed_at,
+            sa.func.max(o.c.placed_at).over(partition_by=o.c.contact_id).label("last_at"),
+        )
+        .select_from(o.join(c, c.c.id == o.c.contact_id))
+        .where(
+            o.c.store_id == store_id,
+            c.c.store_id == store_id,
+            c.c.merged_into_id.is_(None),
+            c.c.erased_at.is_(None),
+            o.c.status.in_(COMPLETED),
+            o.c.placed_at < end,
+        )
+        .subquery("o")
+    )
+    per = (
+        sa.select(
+            orders.c.contact_id,
+            sa.func.count().label("n"),
+            sa.func.min(orders.c.placed_at).label("first_at"),
+            sa.func.max(orders.c.placed_at).label("last_at"),
+            sa.func.max(orders.c.placed_at).filter(orders.c.placed_at < orders.c.last_at).label("prev_at"),
+        )
+        .group_by(orders.c.contact_id)
+        .subquery("per")
+    )
+    today = _as_of_day(d, as_of)
+    days = sa.cast(today - _day(d, per.c.last_at), sa.Integer)
+    first_days = sa.cast(today - _day(d, per.c.first_at), sa.Integer)
+    prev_gap = sa.cast(_day(d, per.c.last_at) - _day(d, per.c.prev_at), sa.Integer)
+    stage = sa.case(
+        (days > cfg.churned_days, "churned"),
+        (days > cfg.at_risk_days, "at_risk"),
+        (sa.and_(per.c.prev_at.is_not(None), prev_gap > cfg.churned_days), "reactivated"),
+        (first_days <= cfg.new_days, "new"),
+        else_="active",
+    )
+    # 2 * average gap = 2 * (last - first) / (n - 1), bounded to [at_risk_days, churned_days].
+    two_gaps = 2.0 * (_day(d, per.c.last_at) - _day(d, per.c.first_at)) / sa.func.nullif(per.c.n - 1, 0)
+    expected = sa.case(
+        (per.c.n == 1, float(cfg.churned_days)),
+        (two_gaps < cfg.at_risk_days, float(cfg.at_risk_days)),
+        (two_gaps > cfg.churned_days, float(cfg.churned_days)),
+        else_=two_gaps,
+    )
+    ratio = 1.0 * days / expected
+    risk = sa.case((ratio > 1, 1.0), else_=ratio)
+    rounded = sa.func.round(sa.cast(risk, sa.Numeric), 3) if d == "postgresql" else sa.func.round(risk, 3)
+    with db.writer() as session:
+        session.execute(sa.delete(ContactLifecycle).where(ContactLifecycle.store_id == store_id))
+        session.execute(
+            sa.insert(ContactLifecycle).from_select(
+                ["store_id", "contact_id", "stage", "churn_risk", "computed_at"],
+                sa.select(sa.literal(store_id), per.c.contact_id, stage, rounded, sa.literal(utcnow(), UTCDateTime())),
+            )
+        )
+        return session.execute(sa.select(sa.func.count()).where(ContactLifecycle.store_id == store_id)).scalar_one()

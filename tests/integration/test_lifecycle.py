@@ -1,0 +1,97 @@
+"""Lifecycle stages and churn risk (connector/lifecycle.py) on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from connector.lifecycle import LifecycleConfig, compute
+from connector.store.commerce import Order
+from connector.store.contacts import Contact
+from connector.store.db import Database
+from connector.store.rfm import ContactLifecycle
+from connector.tenancy import NewStore
+
+AS_OF = dt.date(2026, 6, 30)
+
+#: name -> (days ago of each completed order, expected stage, expected churn risk)
+CASES: dict[str, tuple[list[int], str, str]] = {
+    # One order 10 days ago: new; risk 10 / 90.
+    "new": ([10], "new", "0.111"),
+    # Orders every 10 days, last one 5 days ago: expected return bounded up to 45 days; 5 / 45.
+    "active": ([5, 15, 25, 35, 45], "active", "0.111"),
+    # A one-time buyer 60 days ago: past at_risk_days; 60 / 90.
+    "at_risk": ([60], "at_risk", "0.667"),
+    # 100 days since the last of two orders: churned and overdue (capped at 1).
+    "churned": ([100, 150], "churned", "1.000"),
+    # Back after 200 days: reactivated; gaps average 100 → expected bounded to 90; 3 / 90.
+    "reactivated": ([3, 203], "reactivated", "0.033"),
+    # Two orders 60 days apart, last 20 days ago, first 80 days ago: active; 2 * 60 = 120 → 90; 20 / 90.
+    "steady": ([20, 80], "active", "0.222"),
+}
+
+
+def _seed(db: Database, store_id: int) -> dict[str, int]:
+    ids = {}
+    with db.writer() as session:
+        for name, (days, _, _) in CASES.items():
+            contact = Contact(store_id=store_id, email=f"{name}@example.com")
+            session.add(contact)
+            session.flush()
+            ids[name] = contact.id
+            for k, ago in enumerate(days):
+                at = dt.datetime.combine(AS_OF - dt.timedelta(days=ago), dt.time(12), dt.UTC)
+                session.add(
+                    Order(
+                        store_id=store_id,
+                        order_id=f"{name}-{k}",
+                        contact_id=contact.id,
+                        placed_at=at,
+                        revenue_cents=1000,
+                        total_cents=1000,
+                        refunded_cents=0,
+                    )
+                )
+            # Ignored: a cancelled order today and an order after as_of.
+            for k, (status, at) in enumerate(
+                [
+                    ("cancelled", dt.datetime.combine(AS_OF, dt.time(9), dt.UTC)),
+                    ("completed", dt.datetime.combine(AS_OF + dt.timedelta(days=2), dt.time(9), dt.UTC)),
+                ]
+            ):
+                session.add(
+                    Order(
+                        store_id=store_id,
+                        order_id=f"{name}-x{k}",
+                        contact_id=contact.id,
+                        placed_at=at,
+                        status=status,
+                        revenue_cents=1000,
+                        total_cents=1000,
+                        refunded_cents=0,
+                    )
+                )
+        # A contact without orders gets no stage.
+        session.add(Contact(store_id=store_id, email="prospect@example.com"))
+    return ids
+
+
+def _stages(db: Database, store_id: int) -> dict[int, tuple[str, Decimal]]:
+    with db.reader() as session:
+        rows = session.scalars(sa.select(ContactLifecycle).where(ContactLifecycle.store_id == store_id))
+        return {r.contact_id: (r.stage, Decimal(r.churn_risk).quantize(Decimal("0.001"))) for r in rows}
+
+
+def test_stages_and_churn_risk(db: Database, store: NewStore, other_store: NewStore) -> None:
+    ids = _seed(db, store.id)
+    _seed(db, other_store.id)
+    assert compute(db, store.id, AS_OF) == len(CASES)
+    got = _stages(db, store.id)
+    assert got == {ids[name]: (stage, Decimal(risk)) for name, (_, stage, risk) in CASES.items()}
+    assert _stages(db, other_store.id) == {}  # scoped by store
+    # Recomputing replaces rows; thresholds are configurable.
+    compute(db, store.id, AS_OF, config=LifecycleConfig(new_days=5, at_risk_days=200, churned_days=300))
+    assert _stages(db, store.id)[ids["new"]][0] == "active"
+    assert _stages(db, store.id)[ids["at_risk"]][0] == "active"
