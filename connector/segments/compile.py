@@ -1,0 +1,333 @@
+"""Criteria → ONE SQL select of contact ids (correlated EXISTS / aggregate subqueries, no per-contact Python).
+
+Every subquery is correlated on ``contacts.id`` and filtered on the store, so the planner can use the
+(store_id, contact_id) indexes; the outer query keeps live contacts only. ``now`` is an argument so a test (and
+an evaluation) sees one consistent instant.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.sql.elements import ColumnElement
+
+from connector.store.commerce import Cart, Order, OrderItem, WaitlistEntry
+from connector.store.consent import ConsentState
+from connector.store.contacts import Contact
+from connector.store.events import Event
+from connector.store.rfm import ContactLifecycle, RfmRun, RfmScore
+from connector.store.sync import Engagement
+
+from .criteria import All, Any_, Cond, EventsCond, Kind, Node, Not, mentions_consent
+
+#: Orders that count as purchases: cancelled and fully refunded ones do not.
+COUNTED_ORDER_STATUSES = ("completed", "partially_refunded")
+DAY = dt.timedelta(days=1)
+
+
+class _Compiler:
+    def __init__(self, store_id: int, now: dt.datetime) -> None:
+        self.store_id = store_id
+        self.now = now
+
+    # -- subqueries ------------------------------------------------------------------------------------------
+    def _orders(self, *columns: Any) -> sa.Select[Any]:
+        return sa.select(*columns).where(
+            Order.store_id == self.store_id,
+            Order.contact_id == Contact.id,
+            Order.status.in_(COUNTED_ORDER_STATUSES),
+        )
+
+    def _net_cents(self) -> ColumnElement[Any]:
+        return sa.func.coalesce(Order.revenue_cents, Order.total_cents, 0) - sa.func.coalesce(Order.refunded_cents, 0)
+
+    def _latest_run(self) -> sa.ScalarSelect[Any]:
+        # The latest run per store is the one to read (older runs are history).
+        return sa.select(sa.func.max(RfmRun.id)).where(RfmRun.store_id == self.store_id).scalar_subquery()
+
+    def _rfm(self, column: Any) -> ColumnElement[Any]:
+        return (
+            sa.select(column)
+            .where(
+                RfmScore.store_id == self.store_id,
+                RfmScore.run_id == self._latest_run(),
+                RfmScore.contact_id == Contact.id,
+            )
+            .scalar_subquery()
+        )
+
+    def _lifecycle(self, column: Any) -> ColumnElement[Any]:
+        return (
+            sa.select(column)
+            .where(ContactLifecycle.store_id == self.store_id, ContactLifecycle.contact_id == Contact.id)
+            .scalar_subquery()
+        )
+
+    def _value(self, field: str, sample: Any) -> ColumnElement[Any]:
+        """The SQL expression of a scalar field (NULL when the contact has no value)."""
+        if field.startswith("properties."):
+            item = Contact.properties[field[len("properties.") :]]
+            if isinstance(sample, bool):
+                return _any(item.as_boolean())
+            return _any(item.as_float() if isinstance(sample, int | float) else item.as_string())
+        if field.startswith("consent."):
+            status = (
+                sa.select(ConsentState.status)
+                .where(
+                    ConsentState.store_id == self.store_id,
+                    ConsentState.contact_id == Contact.id,
+                    ConsentState.channel == field[len("consent.") :],
+                )
+                .scalar_subquery()
+            )
+            # No state row means the contact never said anything on that channel.
+            return sa.func.coalesce(status, "none")
+        if field.startswith("rfm."):
+            name = field[len("rfm.") :]
+            column = {
+                "recency": RfmScore.recency_days,
+                "frequency": RfmScore.frequency,
+                "monetary": RfmScore.monetary_cents / 100.0,
+                "r": RfmScore.r,
+                "f": RfmScore.f,
+                "m": RfmScore.m,
+                "composite": RfmScore.composite,
+                "group": RfmScore.group,
+            }[name]
+            return self._rfm(column)
+        if field == "lifecycle.stage":
+            return self._lifecycle(ContactLifecycle.stage)
+        if field == "lifecycle.churn_risk":
+            return self._lifecycle(ContactLifecycle.churn_risk)
+        if field == "orders.count":
+            return self._orders(sa.func.count()).scalar_subquery()
+        if field == "orders.revenue":
+            return sa.func.coalesce(self._orders(sa.func.sum(self._net_cents())).scalar_subquery(), 0) / 100.0
+        if field == "orders.aov":
+            return self._orders(sa.func.avg(self._net_cents()) / 100.0).scalar_subquery()
+        if field == "promotions.redeemed_ratio":
+            redeemed = sa.func.sum(sa.case((sa.func.coalesce(Order.coupon, "") != "", 1), else_=0))
+            return self._orders(redeemed * 1.0 / sa.func.nullif(sa.func.count(), 0)).scalar_subquery()
+        return getattr(Contact, field)  # type: ignore[no-any-return]
+
+    # -- conditions ------------------------------------------------------------------------------------------
+    def _compare(self, column: ColumnElement[Any], op: str, value: Any) -> ColumnElement[bool]:
+        if op == "eq":
+            return _bool(column == value)
+        if op == "ne":
+            # ne keeps contacts with no value: "not from Paris" includes those without a city.
+            return sa.or_(column != value, column.is_(None))
+        if op == "gt":
+            return _bool(column > value)
+        if op == "gte":
+            return _bool(column >= value)
+        if op == "lt":
+            return _bool(column < value)
+        if op == "lte":
+            return _bool(column <= value)
+        if op == "in":
+            return column.in_(value)
+        if op == "nin":
+            return sa.or_(column.not_in(value), column.is_(None))
+        if op == "exists":
+            return column.is_not(None) if value else column.is_(None)
+        if op == "between":
+            return column.between(value[0], value[1])
+        if op == "contains":
+            escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            return _bool(column.like(f"%{escaped}%", escape="\\"))
+        if op == "within_last_days":
+            return _bool(column >= self.now - value * DAY)
+        raise AssertionError(op)  # pragma: no cover
+
+    def _days_since(self, column: ColumnElement[Any], op: str, value: Any) -> ColumnElement[bool]:
+        """days_since(t) op N, as a comparison of t with instants (index-friendly, identical on both backends).
+
+        days_since = whole days elapsed, so days ≥ N ⇔ t ≤ now - N days and days ≤ N ⇔ t > now - (N+1) days.
+        """
+
+        def at_least(n: float) -> ColumnElement[bool]:
+            return column <= self.now - math.ceil(n) * DAY
+
+        def at_most(n: float) -> ColumnElement[bool]:
+            return column > self.now - (math.floor(n) + 1) * DAY
+
+        def equal(n: float) -> ColumnElement[bool]:
+            return sa.and_(at_least(n), at_most(n)) if n == int(n) else sa.false()
+
+        if op == "gte":
+            return at_least(value)
+        if op == "gt":
+            return at_least(math.floor(value) + 1)
+        if op == "lte":
+            return at_most(value)
+        if op == "lt":
+            return at_most(math.ceil(value) - 1)
+        if op == "eq":
+            return equal(value)
+        if op == "ne":
+            return sa.or_(column.is_(None), sa.not_(equal(value)))
+        if op == "in":
+            return sa.or_(*(equal(n) for n in value))
+        if op == "nin":
+            return sa.or_(column.is_(None), sa.not_(sa.or_(*(equal(n) for n in value))))
+        if op == "between":
+            return sa.and_(at_least(value[0]), at_most(value[1]))
+        if op == "exists":
+            return column.is_not(None) if value else column.is_(None)
+        raise AssertionError(op)  # pragma: no cover
+
+    def _items_exist(self, column: Any, names: tuple[str, ...]) -> ColumnElement[bool]:
+        return sa.exists(
+            sa.select(1)
+            .select_from(OrderItem)
+            .join(Order, Order.id == OrderItem.order_ref)
+            .where(
+                Order.store_id == self.store_id,
+                Order.contact_id == Contact.id,
+                Order.status.in_(COUNTED_ORDER_STATUSES),
+                column.in_(names),
+            )
+        )
+
+    def _set(self, cond: Cond) -> ColumnElement[bool]:
+        names: tuple[str, ...] = cond.value
+        if cond.field == "products.purchased":
+            return self._items_exist(OrderItem.product_id, names)
+        if cond.field == "products.not_purchased":
+            return sa.not_(self._items_exist(OrderItem.product_id, names))
+        if cond.field == "categories.purchased":
+            return self._items_exist(OrderItem.category, names)
+        if cond.field == "categories.not_purchased":
+            return sa.not_(self._items_exist(OrderItem.category, names))
+        # categories.last_order_missing: a customer whose most recent order had nothing from these categories
+        # (the cross-sell audience); contacts without orders are not in it.
+        # correlate(Contact): nested inside the EXISTS below it must still be the outer contact, not a cross join.
+        last_order = (
+            self._orders(Order.id)
+            .order_by(Order.placed_at.desc(), Order.id.desc())
+            .limit(1)
+            .correlate(Contact)
+            .scalar_subquery()
+        )
+        return sa.and_(
+            last_order.is_not(None),
+            sa.not_(
+                sa.exists(
+                    sa.select(1).where(
+                        OrderItem.store_id == self.store_id,
+                        OrderItem.order_ref == last_order,
+                        OrderItem.category.in_(names),
+                    )
+                )
+            ),
+        )
+
+    def _cond(self, cond: Cond) -> ColumnElement[bool]:
+        if cond.kind is Kind.SET:
+            return self._set(cond)
+        if cond.field == "carts.abandoned_within_days":
+            # A cart counts as abandoned while it stays abandoned (a later order turns it "converted").
+            return sa.exists(
+                sa.select(1).where(
+                    Cart.store_id == self.store_id,
+                    Cart.contact_id == Contact.id,
+                    Cart.status == "abandoned",
+                    Cart.last_activity_at >= self.now - cond.value * DAY,
+                )
+            )
+        if cond.kind is Kind.DAYS:
+            kind = "opened" if cond.field == "engagement.opened_within_days" else "clicked"
+            return sa.exists(
+                sa.select(1).where(
+                    Engagement.store_id == self.store_id,
+                    Engagement.contact_id == Contact.id,
+                    Engagement.kind == kind,
+                    Engagement.occurred_at >= self.now - cond.value * DAY,
+                )
+            )
+        if cond.kind is Kind.BOOL:  # waitlists.active
+            waiting = sa.exists(
+                sa.select(1).where(
+                    WaitlistEntry.store_id == self.store_id,
+                    WaitlistEntry.contact_id == Contact.id,
+                    WaitlistEntry.status == "waiting",
+                )
+            )
+            return waiting if cond.value else sa.not_(waiting)
+        if cond.field in ("days_since_first_order", "days_since_last_order"):
+            agg = sa.func.min if cond.field == "days_since_first_order" else sa.func.max
+            return self._days_since(self._orders(agg(Order.placed_at)).scalar_subquery(), cond.op, cond.value)
+        sample = cond.value[0] if isinstance(cond.value, tuple) and cond.value else cond.value
+        if cond.op == "exists":
+            sample = ""  # presence is type-blind: read the value as text
+
+        return self._compare(self._value(cond.field, sample), cond.op, cond.value)
+
+    def _events(self, cond: EventsCond) -> ColumnElement[bool]:
+        query = sa.select(sa.func.count()).where(
+            Event.store_id == self.store_id, Event.contact_id == Contact.id, Event.name == cond.name
+        )
+        if cond.within_days is not None:
+            query = query.where(Event.timestamp >= self.now - cond.within_days * DAY)
+        return self._count_test(query.scalar_subquery(), cond.count)
+
+    def _count_test(self, count: ColumnElement[Any], node: Node) -> ColumnElement[bool]:
+        if isinstance(node, Cond):
+            return self._compare(count, node.op, node.value)
+        if isinstance(node, All):
+            return sa.and_(*(self._count_test(count, child) for child in node.children))
+        raise AssertionError(node)  # pragma: no cover - the parser only builds Cond/All for a count
+
+    def node(self, node: Node) -> ColumnElement[bool]:
+        if isinstance(node, All):
+            return sa.and_(*(self.node(child) for child in node.children))
+        if isinstance(node, Any_):
+            return sa.or_(*(self.node(child) for child in node.children))
+        if isinstance(node, Not):
+            # NOT over a NULL comparison is NULL, which would drop the contact from both a set and its
+            # complement; coalescing to false keeps "not X" the exact complement of X.
+            return sa.not_(sa.func.coalesce(sa.case((self.node(node.child), True), else_=False), False))
+        if isinstance(node, EventsCond):
+            return self._events(node)
+        return self._cond(node)
+
+
+def _bool(expr: Any) -> ColumnElement[bool]:
+    return cast(ColumnElement[bool], expr)
+
+
+def _any(expr: Any) -> ColumnElement[Any]:
+    return cast(ColumnElement[Any], expr)
+
+
+def live_contacts(store_id: int) -> list[ColumnElement[bool]]:
+    """Merged, erased and suppressed contacts are in no segment."""
+    return [
+        Contact.store_id == store_id,
+        Contact.merged_into_id.is_(None),
+        Contact.erased_at.is_(None),
+        Contact.suppressed_at.is_(None),
+    ]
+
+
+def compile_criteria(
+    store_id: int, tree: Node, *, marketing: bool = True, now: dt.datetime | None = None
+) -> sa.Select[Any]:
+    """The select of the store's contact ids matching ``tree``."""
+    compiler = _Compiler(store_id, now or dt.datetime.now(dt.UTC))
+    query = sa.select(Contact.id).where(*live_contacts(store_id), compiler.node(tree))
+    if marketing and not mentions_consent(tree):
+        unsubscribed = sa.exists(
+            sa.select(1).where(
+                ConsentState.store_id == store_id,
+                ConsentState.contact_id == Contact.id,
+                ConsentState.channel == "email",
+                ConsentState.status == "unsubscribed",
+            )
+        )
+        query = query.where(sa.not_(unsubscribed))
+    return query

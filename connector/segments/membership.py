@@ -1,0 +1,222 @@
+"""Materialised membership: evaluate a segment set-based in SQL, diff old vs new, record entered/exited.
+
+One evaluation = one transaction: the compiled select lands in a per-connection temporary table, then four
+set statements (entered changes, exited changes, delete exits, insert entries) diff it against the stored
+members. Restricted to ``contact_ids`` it is the incremental path (a contact's order or consent change).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from connector.errors import NotFound
+from connector.outbox import Topic
+from connector.store import Database, utcnow
+from connector.store.commerce import Cart, Order, WaitlistEntry
+from connector.store.contacts import Contact
+from connector.store.events import Event
+from connector.store.segments import Segment, SegmentChange, SegmentCount, SegmentMember
+
+from .compile import compile_criteria
+from .criteria import parse
+from .prebuilt import install_prebuilt
+
+log = logging.getLogger(__name__)
+
+#: Contact ids per statement in the incremental path (well under SQLite's bound-parameter limit).
+CHUNK = 500
+
+_scratch = sa.Table(
+    "segment_eval_new", sa.MetaData(), sa.Column("contact_id", sa.BigInteger, primary_key=True), prefixes=["TEMPORARY"]
+)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    segment_id: int
+    members: int
+    entered: int
+    exited: int
+
+
+def _restrict(column: Any, contact_ids: Sequence[int] | None) -> list[Any]:
+    return [] if contact_ids is None else [column.in_(contact_ids)]
+
+
+def _evaluate_in(session: Session, segment: Segment, contact_ids: Sequence[int] | None, now: dt.datetime) -> Evaluation:
+    store_id, segment_id = segment.store_id, segment.id
+    bind = session.connection()
+    # A temporary table lives per connection: concurrent evaluations never see each other's rows.
+    _scratch.create(bind, checkfirst=True)
+    session.execute(_scratch.delete())
+    query = compile_criteria(store_id, parse(segment.criteria), marketing=segment.marketing, now=now)
+    query = query.where(*_restrict(Contact.id, contact_ids))
+    session.execute(_scratch.insert().from_select(["contact_id"], query))
+
+    member = cast(sa.Table, SegmentMember.__table__)
+    is_member = sa.exists().where(member.c.segment_id == segment_id, member.c.contact_id == _scratch.c.contact_id)
+    still_in = sa.exists().where(_scratch.c.contact_id == member.c.contact_id)
+    leaving = [member.c.segment_id == segment_id, *_restrict(member.c.contact_id, contact_ids), sa.not_(still_in)]
+    change = cast(sa.Table, SegmentChange.__table__)
+    cols = ["store_id", "segment_id", "contact_id", "change", "at"]
+    # Counted before the diff is applied (drivers disagree on INSERT … SELECT row counts).
+    entered = _count(session, sa.select(sa.func.count()).select_from(_scratch).where(sa.not_(is_member)))
+    exited = _count(session, sa.select(sa.func.count()).select_from(member).where(*leaving))
+    session.execute(
+        change.insert().from_select(
+            cols,
+            sa.select(
+                sa.literal(store_id),
+                sa.literal(segment_id),
+                _scratch.c.contact_id,
+                sa.literal("entered"),
+                sa.literal(now, change.c.at.type),
+            ).where(sa.not_(is_member)),
+        ),
+    )
+    session.execute(
+        change.insert().from_select(
+            cols,
+            sa.select(
+                sa.literal(store_id),
+                sa.literal(segment_id),
+                member.c.contact_id,
+                sa.literal("exited"),
+                sa.literal(now, change.c.at.type),
+            ).where(*leaving),
+        ),
+    )
+    session.execute(member.delete().where(*leaving))
+    session.execute(
+        member.insert().from_select(
+            ["store_id", "segment_id", "contact_id", "entered_at"],
+            sa.select(
+                sa.literal(store_id),
+                sa.literal(segment_id),
+                _scratch.c.contact_id,
+                sa.literal(now, member.c.entered_at.type),
+            ).where(sa.not_(is_member)),
+        )
+    )
+    session.execute(_scratch.delete())
+    count = session.scalar(sa.select(sa.func.count()).select_from(member).where(member.c.segment_id == segment_id))
+    segment.member_count = int(count or 0)
+    segment.evaluated_at = now
+    # The last evaluation of the day wins (store-local days would need the store's timezone; UTC for now).
+    day = now.date()
+    daily = session.get(SegmentCount, (segment_id, day))
+    if daily is None:
+        session.add(SegmentCount(store_id=store_id, segment_id=segment_id, day=day, members=segment.member_count))
+    else:
+        daily.members = segment.member_count
+    return Evaluation(segment_id, segment.member_count, entered or 0, exited or 0)
+
+
+def _count(session: Session, query: sa.Select[Any]) -> int:
+    return int(session.scalar(query) or 0)
+
+
+def _locked_segment(session: Session, store_id: int, segment_id: int) -> Segment:
+    # FOR UPDATE serialises evaluations of one segment on PostgreSQL (SQLite writers are serial already).
+    segment = session.scalar(
+        sa.select(Segment).where(Segment.store_id == store_id, Segment.id == segment_id).with_for_update()
+    )
+    if segment is None:
+        raise NotFound(f"segment {segment_id}")
+    return segment
+
+
+def evaluate(
+    db: Database,
+    store_id: int,
+    segment_id: int,
+    *,
+    contact_ids: Sequence[int] | None = None,
+    now: dt.datetime | None = None,
+) -> Evaluation:
+    """Recompute one segment (in full, or only for ``contact_ids``) and record who entered and exited."""
+    now = now or utcnow()
+    with db.writer() as session:
+        segment = _locked_segment(session, store_id, segment_id)
+        if contact_ids is None:
+            return _evaluate_in(session, segment, None, now)
+        totals = Evaluation(segment_id, 0, 0, 0)
+        ids = sorted(set(contact_ids))
+        for start in range(0, len(ids), CHUNK):
+            part = _evaluate_in(session, segment, ids[start : start + CHUNK], now)
+            totals = Evaluation(segment_id, part.members, totals.entered + part.entered, totals.exited + part.exited)
+        return totals
+
+
+def ensure_prebuilt(db: Database, store_id: int) -> None:
+    """The first evaluation of a store installs its pre-built segments."""
+    with db.reader() as session:
+        has = session.scalar(sa.select(sa.exists().where(Segment.store_id == store_id, Segment.prebuilt.is_(True))))
+    if not has:
+        with db.writer() as session:
+            install_prebuilt(session, store_id)
+
+
+def segment_ids(db: Database, store_id: int) -> list[int]:
+    with db.reader() as session:
+        return list(session.scalars(sa.select(Segment.id).where(Segment.store_id == store_id).order_by(Segment.id)))
+
+
+def evaluate_all(
+    db: Database, store_id: int, *, contact_ids: Sequence[int] | None = None, now: dt.datetime | None = None
+) -> list[Evaluation]:
+    """Every segment of the store, each in its own transaction (one slow segment holds no other back)."""
+    ensure_prebuilt(db, store_id)
+    now = now or utcnow()
+    return [evaluate(db, store_id, sid, contact_ids=contact_ids, now=now) for sid in segment_ids(db, store_id)]
+
+
+#: Outbox topics whose change can move a contact in or out of a segment.
+SEGMENT_TOPICS = frozenset(
+    {
+        Topic.CONTACT_UPSERT,
+        Topic.CONTACT_MERGED,
+        Topic.CONSENT_CHANGED,
+        Topic.EVENT_TRACKED,
+        Topic.ORDER_CHANGED,
+        Topic.CART_CHANGED,
+        Topic.CART_ABANDONED,
+        Topic.WAITLIST_CHANGED,
+    }
+)
+
+
+def contacts_of(session: Session, store_id: int, topic: str, subject_id: str, payload: dict[str, Any]) -> set[int]:
+    """The contacts an outbox row is about (its subject is a contact, order, event, cart or waitlist entry)."""
+    if topic not in SEGMENT_TOPICS or not subject_id.isdigit():
+        return set()
+    subject = int(subject_id)
+    if topic in (Topic.CONTACT_UPSERT, Topic.CONSENT_CHANGED):
+        return {subject}
+    if topic == Topic.CONTACT_MERGED:
+        into = payload.get("into")
+        return {subject, *([int(into)] if isinstance(into, int) else [])}
+    table: Any = {
+        Topic.EVENT_TRACKED: Event,
+        Topic.ORDER_CHANGED: Order,
+        Topic.CART_CHANGED: Cart,
+        Topic.CART_ABANDONED: Cart,
+        Topic.WAITLIST_CHANGED: WaitlistEntry,
+    }[topic]
+    found = session.scalar(sa.select(table.contact_id).where(table.store_id == store_id, table.id == subject))
+    return {found} if found is not None else set()
+
+
+def refresh_contacts(db: Database, store_id: int, contact_ids: Iterable[int]) -> list[Evaluation]:
+    """The incremental path: re-evaluate every segment of the store for these contacts only."""
+    ids = sorted(set(contact_ids))
+    if not ids:
+        return []
+    return [e for e in evaluate_all(db, store_id, contact_ids=ids) if e.entered or e.exited]
