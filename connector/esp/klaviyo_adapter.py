@@ -294,9 +294,9 @@ class KlaviyoAdapter:
             except EspError as error:
                 self._failed(outcome, [i for i in range(index, len(changes)) if i not in outcome.skipped], error)
                 return outcome
-        if not ids:
-            return outcome
         list_id = segment.mirror.get("list_id")
+        if not ids or (not list_id and not any(changes[i].member for i in ids)):
+            return outcome  # nothing to add, and no list yet that anyone could be removed from
         if not list_id:
             outcome.requests += 1
             try:

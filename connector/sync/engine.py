@@ -331,15 +331,16 @@ class SyncEngine:
         }
         contacts = records.live_contacts(session, store_id, {cid for _, cid in wanted})
         live_ids = [c.id for c in contacts.values()]
-        members = set(
-            session.execute(
+        members = {
+            (segment_id, contact_id)
+            for segment_id, contact_id in session.execute(
                 sa.select(SegmentMember.segment_id, SegmentMember.contact_id).where(
                     SegmentMember.store_id == store_id,
                     SegmentMember.segment_id.in_(segments),
                     SegmentMember.contact_id.in_(live_ids),
                 )
-            ).tuples()
-        )
+            )
+        }
         known = records.links(session, store_id, esp, live_ids)
         consents = records.consent_states(session, store_id, live_ids)
         groups: dict[int, tuple[list[MembershipChange], list[int]]] = {}

@@ -68,11 +68,12 @@ def queue_mirror_changes(session: Session, store_id: int, changes: Sequence[Segm
     if not changes:
         return 0
     segment_ids = {change.segment_id for change in changes}
-    mirrors: dict[int, dict[str, Any]] = dict(
-        session.execute(
+    mirrors: dict[int, dict[str, Any]] = {
+        segment_id: mirror
+        for segment_id, mirror in session.execute(
             sa.select(Segment.id, Segment.mirror).where(Segment.store_id == store_id, Segment.id.in_(segment_ids))
-        ).tuples()
-    )
+        )
+    }
     connected = set(session.scalars(sa.select(EspConnection.esp).where(EspConnection.store_id == store_id)))
     added = 0
     seen: set[tuple[str, str]] = set()

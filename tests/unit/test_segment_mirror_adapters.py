@@ -75,6 +75,13 @@ def test_klaviyo_creates_the_list_once_and_upserts_unlinked_profiles_without_con
     assert added == {"data": [{"type": "profile", "id": "new-p1@example.com"}, {"type": "profile", "id": "P2"}]}
 
 
+def test_klaviyo_without_a_list_yet_makes_no_request_to_remove() -> None:
+    rec = Recorder(answer)
+    outcome = klaviyo(rec).mirror_membership(SegmentRef(7, "VIP"), [MembershipChange(person(1), False, "P1")])
+    assert rec.requests == [] and outcome.requests == 0 and outcome.mirror is None
+    assert not outcome.failed and not outcome.skipped and not outcome.rejected  # done: nobody is on a list not made
+
+
 def test_klaviyo_skips_contacts_without_an_identifier_and_fails_the_rest_on_an_outage() -> None:
     anonymous = Contact(id=3, store_id=1, properties={})
     rec = Recorder(lambda r: httpx.Response(503, json={"errors": []}))
