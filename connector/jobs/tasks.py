@@ -20,6 +20,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import compute_backoff
 
+from .. import segments
 from ..credentials import CredentialCipher
 from ..double_opt_in import DoubleOptIn
 from ..ingest.projection import project_pending
@@ -101,6 +102,8 @@ class Jobs:
             turn.lock.release()
 
     def _deliver_outbox(self, row_id: int) -> None:
+        contacts: set[int] = set()
+        store_id = 0
         try:
             with self.db.writer() as session:
                 row = session.get(OutboxRow, row_id)
@@ -108,8 +111,24 @@ class Jobs:
                     return
                 queue.fan_out(session, row)
                 row.status, row.done_at, row.attempts = OutboxStatus.DONE, utcnow(), row.attempts + 1
+                store_id = row.store_id
+                contacts = segments.contacts_of(session, row.store_id, row.topic, row.subject_id, row.payload)
         except Exception as exc:  # any failure is recorded on the row and retried from there
             self._reschedule(row_id, exc)
+            return
+        self._refresh_segments(store_id, contacts)
+
+    def _refresh_segments(self, store_id: int, contacts: set[int]) -> None:
+        # The incremental membership path: the contacts a delivered change is about are re-evaluated for every
+        # segment of the store (restricted by contact id, so it costs one indexed probe per segment). It runs
+        # after the delivery committed, so a failure here never re-sends to an ESP; the next full evaluation
+        # (``espbridge segments evaluate --all``, nightly after RFM) repairs whatever it missed.
+        if not contacts:
+            return
+        try:
+            segments.refresh_contacts(self.db, store_id, contacts)
+        except Exception:
+            log.exception("segment refresh of %s contacts in store %s failed", len(contacts), store_id)
 
     def _sync_items(self, store_id: int, esp: str, item_ids: list[int]) -> None:
         # Failures of the ESP are settled per item inside the engine; an exception here (database down) leaves

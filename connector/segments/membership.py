@@ -219,4 +219,7 @@ def refresh_contacts(db: Database, store_id: int, contact_ids: Iterable[int]) ->
     ids = sorted(set(contact_ids))
     if not ids:
         return []
-    return [e for e in evaluate_all(db, store_id, contact_ids=ids) if e.entered or e.exited]
+    # Only the store's existing segments: a change never installs the pre-built ones (evaluation does).
+    now = utcnow()
+    results = [evaluate(db, store_id, sid, contact_ids=ids, now=now) for sid in segment_ids(db, store_id)]
+    return [e for e in results if e.entered or e.exited]
