@@ -26,6 +26,7 @@ import datetime as dt
 import math
 from collections.abc import Sequence
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -290,3 +291,23 @@ def run_as_dict(run: RfmRun) -> dict[str, Any]:
         "started_at": run.started_at.isoformat(),
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
     }
+
+
+def list_runs(db: Database, store_id: int, limit: int = 50) -> list[dict[str, Any]]:
+    with db.reader() as session:
+        runs = session.scalars(
+            sa.select(RfmRun).where(RfmRun.store_id == store_id).order_by(RfmRun.id.desc()).limit(limit)
+        ).all()
+        return [run_as_dict(run) for run in runs]
+
+
+def get_run(db: Database, store_id: int, run_id: int) -> dict[str, Any] | None:
+    with db.reader() as session:
+        run = session.scalar(sa.select(RfmRun).where(RfmRun.store_id == store_id, RfmRun.id == run_id))
+        return run_as_dict(run) if run is not None else None
+
+
+def local_yesterday(timezone: str, now: dt.datetime | None = None) -> dt.date:
+    """The default as_of: the last full day in the store's timezone (a nightly run scores a closed day)."""
+    local = (now or utcnow()).astimezone(ZoneInfo(timezone))
+    return local.date() - dt.timedelta(days=1)

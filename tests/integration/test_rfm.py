@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import sqlalchemy as sa
+from flask.testing import FlaskClient
 
-from connector.rfm import RfmConfig, run_snapshot
+from connector.rfm import RfmConfig, local_yesterday, run_snapshot
 from connector.store.commerce import Order
 from connector.store.contacts import Contact
 from connector.store.db import Database
@@ -219,3 +222,52 @@ def test_transitions_and_drift_against_previous_run(db: Database, store: NewStor
     assert {(cid, f, t) for cid, f, t in got} == {(c, *group[c]) for c in moved}
     assert any(f is None for _, f, _ in got)  # entrants are transitions too
     assert run.drift_alerts and all(abs(a["moved_pct"]) > 5 for a in run.drift_alerts)
+
+
+def test_cli_rfm_run_and_runs(db: Database, store: NewStore, database_url: str, monkeypatch: Any) -> None:
+    from click.testing import CliRunner
+
+    from web.cli import main
+
+    monkeypatch.setenv("ESPBRIDGE_DATABASE_URL", database_url)
+    _seed(db, store.id, 60)
+    result = CliRunner().invoke(main, ["rfm", "run", "--as-of", AS_OF.isoformat(), "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    run = json.loads(result.output)
+    assert run["as_of"] == AS_OF.isoformat() and run["complete"] and run["scored"] == run["population"] > 0
+    assert set(run["group_shares"]) == {"VIP", "Loyal", "At Risk", "Hibernating"}
+    assert run["lifecycle_contacts"] == run["population"]
+    text = CliRunner().invoke(main, ["rfm", "run", "--as-of", AS_OF.isoformat()], catch_exceptions=False).output
+    assert "complete yes" in text and "transitions 0" in text and "recency_days <= [365.0" in text
+    runs = CliRunner().invoke(main, ["rfm", "runs", "--json"], catch_exceptions=False).output
+    assert [r["id"] for r in json.loads(runs)["runs"]] == [run["id"] + 1, run["id"]]
+    # Default as_of: yesterday in the store's timezone (Europe/Berlin).
+    result = CliRunner().invoke(main, ["rfm", "run", "--json"], catch_exceptions=False)
+    assert json.loads(result.output)["as_of"] == local_yesterday("Europe/Berlin").isoformat()
+
+
+def _body(response: Any) -> Any:
+    return response.get_json()
+
+
+def test_admin_api_runs(
+    db: Database, store: NewStore, other_store: NewStore, client: FlaskClient, admin_token: Callable[..., str]
+) -> None:
+    _seed(db, store.id, 60)
+    run_id = run_snapshot(db, store.id, AS_OF)
+    headers = {"Authorization": f"Bearer {admin_token('marketer')}"}
+    listed = client.get("/admin/api/rfm/runs", headers=headers)
+    assert listed.status_code == 200 and [r["id"] for r in _body(listed)["runs"]] == [run_id]
+    one = _body(client.get(f"/admin/api/rfm/runs/{run_id}", headers=headers))
+    assert one["scored"] == one["population"] and one["cutpoints"]["frequency"]["cuts"] == [2, 3, 5, 10]
+    bad = client.get("/admin/api/rfm/runs?limit=0", headers=headers)
+    assert bad.status_code == 400 and _body(bad)["field"] == "limit"
+    # Another store's admin sees neither the list entry nor the run.
+    other = {"Authorization": f"Bearer {admin_token('admin', other_store.id)}"}
+    assert _body(client.get("/admin/api/rfm/runs", headers=other))["runs"] == []
+    assert client.get(f"/admin/api/rfm/runs/{run_id}", headers=other).status_code == 404
+    assert client.get("/admin/api/rfm/runs").status_code == 401
+    assert (
+        client.get("/admin/api/rfm/runs", headers={"Authorization": f"Bearer {admin_token('compliance')}"}).status_code
+        == 403
+    )

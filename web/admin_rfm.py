@@ -1,0 +1,46 @@
+"""RFM runs over the admin API (``/admin/api/rfm``): each run's cut-points, population, completeness, group
+shares, drift alerts and transition count, for every role that reads marketing data."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from connector import rfm
+from connector.errors import InvalidInput, NotFound
+from connector.store import Role
+
+from . import get_runtime
+from .auth import current_principal, requires
+from .errors import error_response
+
+bp = Blueprint("admin_rfm", __name__, url_prefix="/admin/api/rfm")
+
+READERS = (Role.ADMIN, Role.MARKETER, Role.VIEWER)
+
+
+@bp.errorhandler(NotFound)
+def _not_found(exc: NotFound) -> Response:
+    return error_response(404, str(exc))
+
+
+@bp.errorhandler(InvalidInput)
+def _invalid(exc: InvalidInput) -> Response:
+    return error_response(400, str(exc), field=exc.field)
+
+
+@bp.get("/runs")
+@requires(*READERS)
+def runs() -> Response:
+    limit = request.args.get("limit", "50")
+    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
+        raise InvalidInput("limit", "must be a whole number from 1 to 1000")
+    return jsonify({"runs": rfm.list_runs(get_runtime().db, current_principal().store_id, int(limit))})
+
+
+@bp.get("/runs/<int:run_id>")
+@requires(*READERS)
+def run(run_id: int) -> Response:
+    found = rfm.get_run(get_runtime().db, current_principal().store_id, run_id)
+    if found is None:
+        raise NotFound(f"RFM run {run_id} does not exist in this store")
+    return jsonify(found)
