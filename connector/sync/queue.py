@@ -12,7 +12,7 @@ import datetime as dt
 import itertools
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, aliased
@@ -83,6 +83,49 @@ def queue_mirror_changes(session: Session, store_id: int, changes: Sequence[Segm
             if (esp, subject) not in seen:
                 seen.add((esp, subject))
                 added += add(session, store_id, esp, SyncKind.SEGMENT, subject)
+    return added
+
+
+def queue_segment_changes(session: Session, store_id: int, segment_id: int, *, after_change_id: int = 0) -> int:
+    """Set-based ``queue_mirror_changes`` for an evaluation's INSERT … SELECT of changes: every change of
+    ``segment_id`` with an id above ``after_change_id`` (read before the evaluation) is queued, in one statement
+    per ESP, for each connected ESP the segment mirrors to, unless an item of that contact is already pending."""
+    mirror = session.scalar(sa.select(Segment.mirror).where(Segment.store_id == store_id, Segment.id == segment_id))
+    connected = set(session.scalars(sa.select(EspConnection.esp).where(EspConnection.store_id == store_id)))
+    change = cast(sa.Table, SegmentChange.__table__)
+    item = cast(sa.Table, SyncItem.__table__)
+    subject = sa.literal(f"{segment_id}:") + sa.cast(change.c.contact_id, sa.String)
+    added = 0
+    now = utcnow()
+    for esp in sorted(set(mirror or {}) & connected):
+        pending = sa.exists().where(
+            item.c.store_id == store_id,
+            item.c.esp == esp,
+            item.c.kind == SyncKind.SEGMENT.value,
+            item.c.subject_id == subject,
+            item.c.status == SyncItemStatus.PENDING.value,
+        )
+        contacts = (
+            sa.select(change.c.contact_id)
+            .where(change.c.store_id == store_id, change.c.segment_id == segment_id, change.c.id > after_change_id)
+            .where(sa.not_(pending))
+            .distinct()
+            .subquery()
+        )
+        rows = sa.select(
+            sa.literal(store_id),
+            sa.literal(esp),
+            sa.literal(SyncKind.SEGMENT.value),
+            sa.literal(f"{segment_id}:") + sa.cast(contacts.c.contact_id, sa.String),
+            sa.literal({}, item.c.payload.type),
+            sa.literal(SyncItemStatus.PENDING.value),
+            sa.literal(0),
+            sa.literal(now, item.c.created_at.type),
+            sa.literal(now, item.c.available_at.type),
+        )
+        cols = ["store_id", "esp", "kind", "subject_id", "payload", "status", "attempts", "created_at", "available_at"]
+        added += int(session.scalar(sa.select(sa.func.count()).select_from(contacts)) or 0)  # before: not pending
+        session.execute(item.insert().from_select(cols, rows))
     return added
 
 

@@ -225,3 +225,38 @@ def test_suppressed_contacts_and_unmirrored_segments_send_nothing(
     with db.reader() as session:
         skipped = session.scalars(sa.select(SyncItem.last_error).where(SyncItem.kind == SyncKind.SEGMENT)).all()
     assert skipped == ["suppressed", "suppressed"]
+
+
+def test_an_evaluations_changes_are_queued_set_based_once_per_contact_and_esp(
+    db: Database, store: NewStore, esps: consent_esps.Esps, people: dict[str, int]
+) -> None:
+    vip = segment(db, store.id, "VIP")
+    with db.writer() as session:
+        before = session.scalar(sa.select(sa.func.max(SegmentChange.id))) or 0
+        for email, entered in ((ADA, True), (BO, True), (BO, False)):
+            if entered:
+                session.add(SegmentMember(store_id=store.id, segment_id=vip, contact_id=people[email]))
+            session.add(
+                SegmentChange(
+                    store_id=store.id,
+                    segment_id=vip,
+                    contact_id=people[email],
+                    change="entered" if entered else "exited",
+                    at=utcnow(),
+                )
+            )
+            session.flush()
+        session.execute(
+            sa.delete(SegmentMember).where(SegmentMember.segment_id == vip, SegmentMember.contact_id == people[BO])
+        )
+        assert queue.queue_segment_changes(session, store.id, vip, after_change_id=before) == 4
+        assert queue.queue_segment_changes(session, store.id, vip, after_change_id=before) == 0  # pending already
+    with db.reader() as session:
+        subjects = sorted(
+            session.execute(sa.select(SyncItem.esp, SyncItem.subject_id).where(SyncItem.kind == SyncKind.SEGMENT))
+        )
+    assert [tuple(s) for s in subjects] == sorted(
+        (esp, f"{vip}:{people[e]}") for esp in ("activecampaign", "klaviyo") for e in (ADA, BO)
+    )
+    esps.drain(store.id)
+    assert klaviyo_lists(esps) == {"espbridge: VIP": [ADA]} and ac_tagged(esps) == {"espbridge: VIP": [ADA]}
