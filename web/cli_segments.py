@@ -1,0 +1,162 @@
+"""``espbridge segments …``: segment CRUD, evaluation, CSV export and the pre-built segments."""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+from connector import segments
+from connector.errors import EspbridgeError
+from connector.segments import service
+from connector.store import Database, connect
+from connector.tenancy import find_store
+
+from .cli_context import Context, emit, pass_context
+
+store_option = click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@click.group("segments")
+def segments_group() -> None:
+    """Segments (DESIGN.md section 9)."""
+
+
+@contextmanager
+def _store(ctx: Context, store_id: int | None) -> Iterator[tuple[Database, int]]:
+    db = connect(ctx.settings.database_url)
+    try:
+        with db.reader() as session:
+            store = find_store(session, store_id)
+        yield db, store.id
+    except EspbridgeError as exc:
+        raise click.UsageError(str(exc)) from None
+    finally:
+        db.dispose()
+
+
+def _line(s: dict[str, Any]) -> str:
+    flags = " prebuilt" if s["prebuilt"] else ""
+    return f"{s['id']}  {s['name']}  members {s['member_count']}{flags}  {json.dumps(s['criteria'])}"
+
+
+@segments_group.command("list")
+@store_option
+@json_option
+@pass_context
+def list_(ctx: Context, store_id: int | None, as_json: bool) -> None:
+    """The store's segments."""
+    with _store(ctx, store_id) as (db, sid):
+        rows = service.list_segments(db, sid)
+    emit({"segments": rows}, as_json, [_line(s) for s in rows] or ["no segments"])
+
+
+@segments_group.command("create")
+@click.argument("name")
+@click.option("--criteria", required=True, help='Criteria JSON, e.g. \'{"rfm.composite": {"gte": 38}}\'.')
+@click.option("--description")
+@click.option("--not-marketing", is_flag=True, help="Keep contacts unsubscribed on email (not a marketing audience).")
+@store_option
+@json_option
+@pass_context
+def create(
+    ctx: Context,
+    name: str,
+    criteria: str,
+    description: str | None,
+    not_marketing: bool,
+    store_id: int | None,
+    as_json: bool,
+) -> None:
+    """Create a segment."""
+    try:
+        parsed = json.loads(criteria)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(f"criteria: not valid JSON ({exc})") from None
+    body = {"name": name, "criteria": parsed, "description": description, "marketing": not not_marketing}
+    with _store(ctx, store_id) as (db, sid):
+        created = service.create_segment(db, sid, body)
+    emit(created, as_json, [f"created {_line(created)}"])
+
+
+@segments_group.command("show")
+@click.argument("segment_id", type=int)
+@store_option
+@json_option
+@pass_context
+def show(ctx: Context, segment_id: int, store_id: int | None, as_json: bool) -> None:
+    """One segment and its daily member counts."""
+    with _store(ctx, store_id) as (db, sid):
+        found = service.get_segment(db, sid, segment_id)
+        counts = service.daily_counts(db, sid, segment_id)
+    emit(found | {"counts": counts}, as_json, [_line(found), *(f"  {c['day']}  {c['members']}" for c in counts)])
+
+
+@segments_group.command("delete")
+@click.argument("segment_id", type=int)
+@store_option
+@pass_context
+def delete(ctx: Context, segment_id: int, store_id: int | None) -> None:
+    """Delete a segment (its members, changes and counts go with it)."""
+    with _store(ctx, store_id) as (db, sid):
+        service.delete_segment(db, sid, segment_id)
+    click.echo(f"deleted segment {segment_id}")
+
+
+@segments_group.command("evaluate")
+@click.argument("segment_id", type=int, required=False)
+@click.option("--all", "all_", is_flag=True, help="Every segment of the store (installs the pre-built ones).")
+@store_option
+@json_option
+@pass_context
+def evaluate(ctx: Context, segment_id: int | None, all_: bool, store_id: int | None, as_json: bool) -> None:
+    """Recompute membership in full and record who entered and exited."""
+    if all_ == (segment_id is not None):
+        raise click.UsageError("give a SEGMENT_ID or --all")
+    with _store(ctx, store_id) as (db, sid):
+        start = time.monotonic()
+        if all_:
+            results = segments.evaluate_all(db, sid)
+        else:
+            assert segment_id is not None
+            results = [segments.evaluate(db, sid, segment_id)]
+        seconds = time.monotonic() - start
+    data = {"seconds": round(seconds, 3), "segments": [r.__dict__ for r in results]}
+    lines = [f"{r.segment_id}  members {r.members}  entered {r.entered}  exited {r.exited}" for r in results]
+    emit(data, as_json, [*lines, f"{len(results)} segment(s) in {seconds:.2f} s"])
+
+
+@segments_group.command("export")
+@click.argument("segment_id", type=int)
+@click.option(
+    "--output", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="CSV file (- for stdout)."
+)
+@store_option
+@pass_context
+def export(ctx: Context, segment_id: int, output: str, store_id: int | None) -> None:
+    """Write the members as CSV (streamed page by page)."""
+    with _store(ctx, store_id) as (db, sid), click.open_file(output, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(service.CSV_COLUMNS)
+        count = 0
+        for row in service.member_rows(db, sid, segment_id):
+            writer.writerow(row)
+            count += 1
+    if output != "-":
+        click.echo(f"wrote {count} members to {output}")
+
+
+@segments_group.command("install-prebuilt")
+@store_option
+@pass_context
+def install_prebuilt(ctx: Context, store_id: int | None) -> None:
+    """Create the pre-built segments the store lacks (VIP, Loyal, At Risk, Hibernating, …)."""
+    with _store(ctx, store_id) as (db, sid), db.writer() as session:
+        created = [s.name for s in segments.install_prebuilt(session, sid)]
+    click.echo(f"installed {', '.join(created)}" if created else "all pre-built segments already exist")
