@@ -22,6 +22,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.extensions["espbridge"] = runtime or Runtime(settings)
 
     from . import admin, admin_audit, admin_erasure, admin_rfm, consent_pages, errors, ingest, openapi, webhooks
+    from .admin_segments import bp as segments_bp
 
     errors.init_app(app)
     app.register_blueprint(ingest.bp)
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None, *, runtime: Runtime | None = No
     app.register_blueprint(admin_erasure.bp)
     app.register_blueprint(admin_audit.bp)
     app.register_blueprint(admin_rfm.bp)
+    app.register_blueprint(segments_bp)
     return app
 
 

@@ -26,6 +26,7 @@ from .cli_consent import consent
 from .cli_context import Context, emit, pass_context
 from .cli_erasure import erase, erasures
 from .cli_rfm import rfm_group
+from .cli_segments import segments_group
 from .cli_sync import dead_letters, sync
 
 
@@ -542,6 +543,7 @@ main.add_command(consent)
 main.add_command(erase)
 main.add_command(erasures)
 main.add_command(audit_group, "audit")
+main.add_command(segments_group, "segments")
 main.add_command(rfm_group, "rfm")
 
 if __name__ == "__main__":
