@@ -81,6 +81,8 @@ class _Settled:
     links: list[records.LinkUpdate] = field(default_factory=list)
     #: Segment id → this ESP's mirror settings learned while sending (a list the adapter created).
     mirrors: dict[int, dict[str, object]] = field(default_factory=dict)
+    #: Segment id → the items sent with the mirror settings in ``mirrors``.
+    mirror_items: dict[int, list[int]] = field(default_factory=dict)
 
     def apply(self, outcome: Outcome, item_ids: Sequence[int]) -> None:
         for index, item_id in enumerate(item_ids):
@@ -380,6 +382,7 @@ class SyncEngine:
                 settled.apply(outcome, item_ids)
                 if outcome.mirror is not None:
                     settled.mirrors[segment_id] = outcome.mirror
+                    settled.mirror_items[segment_id] = item_ids
                     refs[segment_id] = SegmentRef(segment_id, refs[segment_id].name, outcome.mirror)
                 requests += outcome.requests
             return requests
@@ -401,6 +404,7 @@ class SyncEngine:
         now = utcnow()
         ids = settled.done | set(settled.skipped) | set(settled.dead) | set(settled.failed)
         with self.db.writer() as session:
+            again = self._keep_mirrors(session, store_id, esp, settled)
             items = session.scalars(
                 sa.select(SyncItem).where(
                     SyncItem.store_id == store_id, SyncItem.id.in_(ids), SyncItem.status == SyncItemStatus.ENQUEUED
@@ -409,7 +413,10 @@ class SyncEngine:
             erasures: set[int] = set()
             for item in items:
                 item.attempts += 1
-                if item.id in settled.done:
+                if item.id in again:  # sent to a list a concurrent job's list replaced: send to the kept one
+                    item.status, item.available_at, item.last_error = SyncItemStatus.PENDING, now, "list replaced"
+                    report.retried += 1
+                elif item.id in settled.done:
                     item.status, item.done_at, item.last_error = SyncItemStatus.DONE, now, None
                     report.done += 1
                 elif item.id in settled.skipped:
@@ -423,13 +430,22 @@ class SyncEngine:
                     erasures.add(int(item.subject_id.partition(":")[0]))
                     erasure.forget(item, settled=item.status != SyncItemStatus.PENDING)
             records.save_links(session, store_id, esp, settled.links, now)
-            for segment_id, mirror in settled.mirrors.items():
-                segment = session.get(Segment, segment_id, with_for_update=True)
-                if segment is not None and segment.store_id == store_id and esp in (segment.mirror or {}):
-                    current = dict(segment.mirror[esp] or {})
-                    # the first list created wins: a concurrent job's list id is never overwritten
-                    segment.mirror = {**segment.mirror, esp: {**mirror, **current}}
             erasure.settle(session, store_id, erasures)
+
+    def _keep_mirrors(self, session: sa.orm.Session, store_id: int, esp: str, settled: _Settled) -> set[int]:
+        """Store the mirror settings adapters learned (a list they created). The first stored wins: when a
+        concurrent job already stored another list, this job's items are returned to be sent again (to it)."""
+        again: set[int] = set()
+        for segment_id, mirror in settled.mirrors.items():
+            segment = session.get(Segment, segment_id, with_for_update=True)
+            if segment is None or segment.store_id != store_id or esp not in (segment.mirror or {}):
+                continue
+            current = dict(segment.mirror[esp] or {})
+            if any(key in current and current[key] != value for key, value in mirror.items()):
+                again.update(i for i in settled.mirror_items.get(segment_id, ()) if i in settled.done)
+                continue
+            segment.mirror = {**segment.mirror, esp: {**mirror, **current}}
+        return again
 
     def _dead(self, item: SyncItem, error: str, report: SyncReport) -> None:
         item.status, item.last_error = SyncItemStatus.DEAD, error[:2000]

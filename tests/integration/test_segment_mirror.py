@@ -12,6 +12,8 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from connector.credentials import new_key
+from connector.esp.base import SegmentRef
+from connector.esp.klaviyo_adapter import KlaviyoAdapter
 from connector.settings import Settings
 from connector.store import Contact, Database, Segment, SegmentChange, SegmentMember, SyncItem, SyncKind, utcnow
 from connector.sync import queue
@@ -260,3 +262,34 @@ def test_an_evaluations_changes_are_queued_set_based_once_per_contact_and_esp(
     )
     esps.drain(store.id)
     assert klaviyo_lists(esps) == {"espbridge: VIP": [ADA]} and ac_tagged(esps) == {"espbridge: VIP": [ADA]}
+
+
+def test_a_list_created_concurrently_keeps_the_first_and_resends_to_it(
+    db: Database, store: NewStore, esps: consent_esps.Esps, people: dict[str, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vip = segment(db, store.id, "VIP", {"klaviyo": {}})
+    with esps.klaviyo._lock:  # the list another job made and stored while this one was sending
+        esps.klaviyo.lists["KEPT"] = {
+            "name": "espbridge: VIP",
+            "opt_in_process": "single_opt_in",
+            "created": "",
+            "members": set(),
+        }
+    original = KlaviyoAdapter.mirror_membership
+
+    def racing(self: KlaviyoAdapter, segment: SegmentRef, changes: Any) -> Any:
+        outcome = original(self, segment, changes)
+        if outcome.mirror is not None:
+            with db.writer() as session:
+                session.get(Segment, vip).mirror = {"klaviyo": {"list_id": "KEPT"}}  # type: ignore[union-attr]
+        return outcome
+
+    monkeypatch.setattr(KlaviyoAdapter, "mirror_membership", racing)
+    change(db, store.id, vip, people[ADA], True)
+    esps.drain(store.id)
+    with db.reader() as session:
+        assert session.get(Segment, vip).mirror == {"klaviyo": {"list_id": "KEPT"}}  # type: ignore[union-attr]
+        [item] = session.scalars(sa.select(SyncItem).where(SyncItem.kind == SyncKind.SEGMENT)).all()
+    assert (item.status, item.attempts) == ("done", 2)  # sent again (drain claims twice), to the kept list
+    ada = next(p["id"] for p in esps.klaviyo.state()["profiles"] if p["attributes"]["email"] == ADA)
+    assert esps.klaviyo.lists["KEPT"]["members"] == {ada}
