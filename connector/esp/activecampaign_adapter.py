@@ -61,6 +61,8 @@ SERVICE = "espbridge"
 LINK_URL = "https://github.com/espbridge/espbridge"
 LOGO_URL = "https://github.com/espbridge.png"
 TAG_PREFIX = "espbridge: "
+#: Why ``mirror_segment`` skips a contact ActiveCampaign does not have yet.
+NOT_IN_AC_YET = "not in ActiveCampaign yet"
 UNSUBSCRIBED_LATER = "unsubscribed at ActiveCampaign after our grant"
 
 
@@ -618,7 +620,7 @@ class ActiveCampaignAdapter:
             try:
                 contact_id = self._contact_id(contact, create=False)
                 if contact_id is None:
-                    outcome.skipped[index] = "not in ActiveCampaign yet"
+                    outcome.skipped[index] = NOT_IN_AC_YET
                     continue
                 if self.segment_mirror == "lists":
                     self.client.set_list_status(contact_id, self._segment_list(name), 1 if entering else 2)
@@ -649,13 +651,19 @@ class ActiveCampaignAdapter:
             subscribed={changes[i].contact.id for i in entered if changes[i].subscribed},
         )
         order = entered + exited
-        return Outcome(
+        outcome = Outcome(
             rejected={order[i]: reason for i, reason in inner.rejected.items()},
-            skipped={order[i]: reason for i, reason in inner.skipped.items()},
+            skipped={order[i]: reason for i, reason in inner.skipped.items() if reason != NOT_IN_AC_YET},
             failed={order[i] for i in inner.failed},
             error=inner.error,
             requests=inner.requests,
         )
+        # Not there yet: the profile sync is adding it; retried (with backoff) rather than lost.
+        waiting = [order[i] for i, reason in inner.skipped.items() if reason == NOT_IN_AC_YET]
+        if waiting:
+            outcome.failed.update(waiting)
+            outcome.error = outcome.error or Transient(f"{NOT_IN_AC_YET}: the profile sync adds it")
+        return outcome
 
     def _segment_tag(self, name: str) -> str:
         tag = TAG_PREFIX + name

@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from connector.esp.base import MembershipChange, SegmentRef
+from connector.esp.errors import Transient
 from connector.esp.klaviyo_adapter import KlaviyoAdapter
 from connector.sandbox.activecampaign import ActiveCampaignSandbox
 from connector.store import Contact
@@ -107,11 +108,12 @@ def test_activecampaign_tags_map_outcomes_back_to_the_changes_in_their_order(san
     adapter.upsert_profiles([contact(1), contact(2)], bulk=False)
     changes = [
         MembershipChange(contact(1), False),
-        MembershipChange(contact(3), True),  # not in ActiveCampaign: skipped, the profile sync adds it
+        MembershipChange(contact(3), True),  # not in ActiveCampaign yet: retried, the profile sync adds it
         MembershipChange(contact(2), True),
     ]
     outcome = adapter.mirror_membership(SegmentRef(7, "VIP", {"tag": "Very important"}), changes)
-    assert outcome.skipped == {1: "not in ActiveCampaign yet"} and not outcome.failed and not outcome.rejected
+    assert outcome.failed == {1} and isinstance(outcome.error, Transient) and not outcome.skipped
+    assert not outcome.rejected
     [tag] = sandbox.tags.values()
     two = sandbox.contact_by_email("p2@example.com")["id"]  # type: ignore[index]
     assert tag["tag"] == "espbridge: Very important"
