@@ -128,10 +128,18 @@ def _score(value: sa.ColumnElement[Any], op: str, cuts: Sequence[float]) -> sa.C
     return terms
 
 
-def run_snapshot(db: Database, store_id: int, as_of: dt.date, *, config: RfmConfig | None = None) -> int:
-    """Score the store's population as of ``as_of``; returns the new RfmRun id."""
+def run_snapshot(
+    db: Database, store_id: int, as_of: dt.date, *, config: RfmConfig | None = None, run_id: int | None = None
+) -> int:
+    """Score the store's population as of ``as_of``; returns the RfmRun id (``run_id``: fill that claimed run,
+    as the nightly schedule does, instead of creating one)."""
     cfg = config or RfmConfig()
     with db.writer() as session:
+        claimed = None
+        if run_id is not None:
+            claimed = session.scalar(sa.select(RfmRun).where(RfmRun.store_id == store_id, RfmRun.id == run_id))
+            if claimed is None or claimed.finished_at is not None:
+                return run_id  # unknown, or done by an earlier delivery of the same message
         agg = _aggregate(db.dialect, store_id, as_of, cfg.window_days)
         scored_n = session.execute(sa.select(sa.func.count()).select_from(agg)).scalar_one()
         method = "percentiles" if scored_n >= cfg.min_scored_for_percentiles else "fixed"
@@ -142,17 +150,13 @@ def run_snapshot(db: Database, store_id: int, as_of: dt.date, *, config: RfmConf
             r_cuts, r_op = [float(v) for v in cfg.fixed_recency_days], "<="
             m_cuts, m_op = [float(v) for v in cfg.fixed_monetary_cents], ">="
         f_cuts = [float(v) for v in cfg.frequency_thresholds]
-        run = RfmRun(
-            store_id=store_id,
-            as_of=as_of,
-            window_days=cfg.window_days,
-            method=method,
-            cutpoints={
-                "recency_days": {"op": r_op, "cuts": r_cuts},
-                "monetary_cents": {"op": m_op, "cuts": m_cuts},
-                "frequency": {"op": ">=", "cuts": f_cuts},
-            },
-        )
+        run = claimed or RfmRun(store_id=store_id, as_of=as_of, started_at=utcnow())
+        run.window_days, run.method = cfg.window_days, method
+        run.cutpoints = {
+            "recency_days": {"op": r_op, "cuts": r_cuts},
+            "monetary_cents": {"op": m_op, "cuts": m_cuts},
+            "frequency": {"op": ">=", "cuts": f_cuts},
+        }
         session.add(run)
         session.flush()
         r = _score(agg.c.recency_days, r_op, r_cuts)

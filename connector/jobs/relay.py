@@ -10,7 +10,9 @@ Each tick (every ``relay_interval`` seconds):
    (consent batches first, on the consent queue; step 1 too sends consent rows first, on that queue);
 4. marks carts abandoned (no activity for ``cart_abandon_after``; connector.commerce.mark_abandoned);
 5. sends a projection job for every store with unprojected events, so events acknowledged while no job
-   reached the broker are still projected.
+   reached the broker are still projected;
+6. sends the nightly RFM job of every store whose local day moved past its last run (connector.rfm_schedule:
+   claimed once under the store's row lock, so several relays send it once).
 Several relays (one per worker process) may run at once; the claims keep them from sending a row twice.
 """
 
@@ -27,6 +29,7 @@ import sqlalchemy as sa
 from ..commerce import mark_abandoned
 from ..ingest.accept import pending_projection
 from ..outbox import Topic
+from ..rfm_schedule import claim_due as claim_rfm_due
 from ..store import Database, OutboxRow, OutboxStatus, utcnow
 from ..store.claims import claim
 from ..sync import queue
@@ -115,6 +118,8 @@ class Relay:
         stores = pending_projection(jobs.db)
         for store_id in stores:
             jobs.project_events.send(store_id)
+        for run_id in claim_rfm_due(jobs.db, utcnow()):
+            jobs.rfm_nightly.send(run_id)
         return TickReport(
             enqueued=enqueued,
             swept=swept,

@@ -1,0 +1,89 @@
+"""The nightly RFM run: each store is scored once per local day, as of its local yesterday.
+
+The relay calls ``claim_due`` on every tick. A store is due when no run exists for its local yesterday. The claim
+inserts that run (``method`` "scheduled", unfinished) while holding the store's row lock (``FOR UPDATE`` on
+PostgreSQL; SQLite serialises writers), so with several relays exactly one of them claims it; the job then fills
+that very run (``run_snapshot(run_id=…)``). A claimed run that is still unfinished after ``RESEND_AFTER`` (the
+message was lost, the worker died) is claimed again by bumping its ``started_at``, under the same lock.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import sqlalchemy as sa
+
+from . import lifecycle, rfm
+from .rfm import local_yesterday
+from .store import Database
+from .store.rfm import RfmRun
+from .store.tenancy import Store
+
+SCHEDULED = "scheduled"
+#: Far above the 1M-contact benchmark's run time, so a slow run is never started twice.
+RESEND_AFTER = dt.timedelta(hours=1)
+
+
+def claim_due(db: Database, now: dt.datetime, *, window_days: int = 365) -> list[int]:
+    """Runs to send now: new claims for stores whose local day moved on, and stalled claims."""
+    with db.reader() as session:
+        stores = session.execute(sa.select(Store.id, Store.timezone)).all()
+        rows = session.execute(sa.select(RfmRun.store_id, sa.func.max(RfmRun.as_of)).group_by(RfmRun.store_id)).all()
+        latest: dict[int, dt.date] = {sid: day for sid, day in rows}
+        stalled = (
+            session.execute(
+                sa.select(RfmRun.id).where(RfmRun.finished_at.is_(None), RfmRun.started_at < now - RESEND_AFTER)
+            )
+            .scalars()
+            .all()
+        )
+    due = [(sid, local_yesterday(tz, now)) for sid, tz in stores]
+    due = [(sid, day) for sid, day in due if latest.get(sid) is None or latest[sid] < day]
+    claimed = [run_id for sid, day in due if (run_id := _claim(db, sid, day, now, window_days)) is not None]
+    return claimed + [run_id for run_id in stalled if _reclaim(db, run_id, now)]
+
+
+def _lock_store(db: Database, session: sa.orm.Session, store_id: int) -> None:
+    query = sa.select(Store.id).where(Store.id == store_id)
+    session.execute(query.with_for_update() if db.dialect == "postgresql" else query)
+
+
+def _claim(db: Database, store_id: int, as_of: dt.date, now: dt.datetime, window_days: int) -> int | None:
+    with db.writer() as session:
+        _lock_store(db, session, store_id)
+        # Checked again under the lock: another relay may have claimed this day since we looked.
+        taken = session.scalar(sa.select(sa.func.count()).where(RfmRun.store_id == store_id, RfmRun.as_of >= as_of))
+        if taken:
+            return None
+        run = RfmRun(store_id=store_id, as_of=as_of, window_days=window_days, method=SCHEDULED, started_at=now)
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def _reclaim(db: Database, run_id: int, now: dt.datetime) -> bool:
+    with db.writer() as session:
+        run = session.get(RfmRun, run_id)
+        if run is None:
+            return False
+        _lock_store(db, session, run.store_id)
+        session.refresh(run)
+        if run.finished_at is not None or run.started_at >= now - RESEND_AFTER:
+            return False
+        run.started_at = now
+        return True
+
+
+def run_claimed(db: Database, run_id: int) -> None:
+    """The nightly job: the claimed snapshot, then lifecycle stages.
+
+    Segments that read RFM or lifecycle fields are re-evaluated by the segments side (not here, so a store that
+    never asked for segments does not get the pre-built ones installed by the schedule)."""
+
+    with db.reader() as session:
+        run = session.get(RfmRun, run_id)
+        if run is None or run.finished_at is not None:
+            return
+        store_id, as_of = run.store_id, run.as_of
+    rfm.run_snapshot(db, store_id, as_of, run_id=run_id)
+    lifecycle.compute(db, store_id, as_of)
