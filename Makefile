@@ -30,7 +30,7 @@ bench: system-deps $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/sdk.py
 
-.PHONY: bench-sync bench-sync-ac bench-audit
+.PHONY: bench-sync bench-sync-ac bench-audit bench-rfm
 bench-sync: system-deps $(STAMP)
 	$(BIN)/python bench/sync_klaviyo.py
 
@@ -39,6 +39,9 @@ bench-sync-ac: system-deps $(STAMP)
 
 bench-audit: system-deps $(STAMP)
 	$(BIN)/python bench/audit_verify.py
+
+bench-rfm: system-deps $(STAMP)
+	$(BIN)/python bench/rfm.py
 
 system-deps:
 	scripts/install-system-deps.sh
