@@ -23,6 +23,7 @@ from connector.store.commerce import Cart, Order, WaitlistEntry
 from connector.store.contacts import Contact
 from connector.store.events import Event
 from connector.store.segments import Segment, SegmentChange, SegmentCount, SegmentMember
+from connector.sync.queue import queue_segment_changes
 
 from .compile import compile_criteria
 from .criteria import parse
@@ -69,6 +70,10 @@ def _evaluate_in(session: Session, segment: Segment, contact_ids: Sequence[int] 
     # Counted before the diff is applied (drivers disagree on INSERT … SELECT row counts).
     entered = _count(session, sa.select(sa.func.count()).select_from(_scratch).where(sa.not_(is_member)))
     exited = _count(session, sa.select(sa.func.count()).select_from(member).where(*leaving))
+    # The changes written below get ids above this one: the ESP mirror queues exactly those, in this transaction.
+    last_change = _count(
+        session, sa.select(sa.func.coalesce(sa.func.max(change.c.id), 0)).where(change.c.store_id == store_id)
+    )
     session.execute(
         change.insert().from_select(
             cols,
@@ -106,6 +111,8 @@ def _evaluate_in(session: Session, segment: Segment, contact_ids: Sequence[int] 
         )
     )
     session.execute(_scratch.delete())
+    if (entered or exited) and segment.mirror:
+        queue_segment_changes(session, store_id, segment_id, after_change_id=last_change)
     count = session.scalar(sa.select(sa.func.count()).select_from(member).where(member.c.segment_id == segment_id))
     segment.member_count = int(count or 0)
     segment.evaluated_at = now

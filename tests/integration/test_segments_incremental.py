@@ -88,12 +88,14 @@ def test_an_order_then_an_unsubscribe_move_the_contact_through_the_right_segment
     _wait(lambda: not _member(db, buyers, "cus_1"), LATENCY_BUDGET)
     time.sleep(0.3)  # any stray re-evaluation would record more changes than the ones below
 
-    assert _changes(db, store.id) == [
-        ("Never ordered", "entered", "cus_1"),
-        ("Subscribed", "entered", "cus_1"),
-        ("Buyers", "entered", "cus_1"),
-        ("Never ordered", "exited", "cus_1"),
-        # Unsubscribed on email: out of the marketing audiences, and out of "Subscribed" by its own criteria.
-        ("Buyers", "exited", "cus_1"),
-        ("Subscribed", "exited", "cus_1"),
-    ]
+    # Only this test's segments (the relay's nightly run may install and evaluate the pre-built ones meanwhile);
+    # per segment, in order (worker threads evaluate different outbox rows concurrently, so segments interleave).
+    per_segment: dict[str, list[str]] = {}
+    for name, change, external_id in _changes(db, store.id):
+        assert external_id == "cus_1"
+        per_segment.setdefault(name, []).append(change)
+    assert {k: v for k, v in per_segment.items() if k in {"Buyers", "Big spenders", "Never ordered", "Subscribed"}} == {
+        "Never ordered": ["entered", "exited"],
+        "Subscribed": ["entered", "exited"],  # by its own criteria
+        "Buyers": ["entered", "exited"],  # unsubscribed on email: out of the marketing audiences
+    }
