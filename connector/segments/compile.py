@@ -258,9 +258,15 @@ class _Compiler:
                 )
             )
             return waiting if cond.value else sa.not_(waiting)
+        semi_days = self._semi_join(cond)
+        if semi_days is not None:
+            return semi_days
         if cond.field in ("days_since_first_order", "days_since_last_order"):
             agg = sa.func.min if cond.field == "days_since_first_order" else sa.func.max
             return self._days_since(self._orders(agg(Order.placed_at)).scalar_subquery(), cond.op, cond.value)
+        semi = self._semi_join(cond)
+        if semi is not None:
+            return semi
         sample = cond.value[0] if isinstance(cond.value, tuple) and cond.value else cond.value
         if cond.op == "exists":
             sample = ""  # presence is type-blind: read the value as text
@@ -273,6 +279,17 @@ class _Compiler:
         )
         if cond.within_days is not None:
             query = query.where(Event.timestamp >= self.now - cond.within_days * DAY)
+        if not _holds(cond.count, 0):
+            # Only contacts with such events can match: one grouped scan instead of a count per contact.
+            grouped = (
+                sa.select(Event.contact_id)
+                .where(Event.store_id == self.store_id, Event.contact_id.is_not(None), Event.name == cond.name)
+                .group_by(Event.contact_id)
+                .having(self._count_test(sa.func.count(), cond.count))
+            )
+            if cond.within_days is not None:
+                grouped = grouped.where(Event.timestamp >= self.now - cond.within_days * DAY)
+            return Contact.id.in_(grouped)
         return self._count_test(query.scalar_subquery(), cond.count)
 
     def _count_test(self, count: ColumnElement[Any], node: Node) -> ColumnElement[bool]:
@@ -281,6 +298,72 @@ class _Compiler:
         if isinstance(node, All):
             return sa.and_(*(self._count_test(count, child) for child in node.children))
         raise AssertionError(node)  # pragma: no cover - the parser only builds Cond/All for a count
+
+    def _semi_join(self, cond: Cond) -> ColumnElement[bool] | None:
+        """``contacts.id IN (one set-based select)`` when a contact without rows cannot match.
+
+        A correlated scalar subquery costs one probe per contact of the store (a million at 1M contacts); the
+        semi-join is one scan of the matching rows (a hash join). It is only equivalent when the "no rows" value
+        (NULL, or 0 for counts and revenue) fails the test, which is decided here in Python; otherwise the
+        correlated form keeps the contacts without rows.
+        """
+        field, grouped = cond.field, False
+        base: sa.Select[Any]
+        expr: Any
+        empty: Any = None
+        if field.startswith("rfm."):
+            base = sa.select(RfmScore.contact_id).where(
+                RfmScore.store_id == self.store_id, RfmScore.run_id == self._latest_run()
+            )
+            expr = {
+                "recency": RfmScore.recency_days,
+                "frequency": RfmScore.frequency,
+                "monetary": RfmScore.monetary_cents / 100.0,
+                "r": RfmScore.r,
+                "f": RfmScore.f,
+                "m": RfmScore.m,
+                "composite": RfmScore.composite,
+                "group": RfmScore.group,
+            }[field[len("rfm.") :]]
+        elif field.startswith("lifecycle."):
+            base = sa.select(ContactLifecycle.contact_id).where(ContactLifecycle.store_id == self.store_id)
+            expr = ContactLifecycle.stage if field == "lifecycle.stage" else ContactLifecycle.churn_risk
+        elif field.startswith("consent."):
+            base = sa.select(ConsentState.contact_id).where(
+                ConsentState.store_id == self.store_id, ConsentState.channel == field[len("consent.") :]
+            )
+            expr, empty = ConsentState.status, "none"
+        elif field.startswith(("orders.", "promotions.", "days_since_")):
+            grouped = True
+            base = (
+                sa.select(Order.contact_id)
+                .where(
+                    Order.store_id == self.store_id,
+                    Order.contact_id.is_not(None),
+                    Order.status.in_(COUNTED_ORDER_STATUSES),
+                )
+                .group_by(Order.contact_id)
+            )
+            if field == "orders.count":
+                expr, empty = sa.func.count(), 0
+            elif field == "orders.revenue":
+                expr, empty = sa.func.sum(self._net_cents()) / 100.0, 0
+            elif field == "orders.aov":
+                expr = sa.func.avg(self._net_cents()) / 100.0
+            elif field == "promotions.redeemed_ratio":
+                redeemed = sa.func.sum(sa.case((sa.func.coalesce(Order.coupon, "") != "", 1), else_=0))
+                expr = redeemed * 1.0 / sa.func.count()
+            else:
+                agg = sa.func.min if field == "days_since_first_order" else sa.func.max
+                if _holds(cond, None):
+                    return None
+                return Contact.id.in_(base.having(self._days_since(agg(Order.placed_at), cond.op, cond.value)))
+        else:
+            return None
+        if _holds(cond, empty):
+            return None
+        test = self._compare(expr, cond.op, cond.value)
+        return Contact.id.in_(base.having(test) if grouped else base.where(test))
 
     def node(self, node: Node) -> ColumnElement[bool]:
         if isinstance(node, All):
@@ -294,6 +377,34 @@ class _Compiler:
         if isinstance(node, EventsCond):
             return self._events(node)
         return self._cond(node)
+
+
+def _holds(node: Node, empty: Any) -> bool:
+    """Whether a contact with no rows (whose value is ``empty``: None or 0) passes the test."""
+    if isinstance(node, All):
+        return all(_holds(child, empty) for child in node.children)
+    if not isinstance(node, Cond):  # pragma: no cover - only Cond/All reach here
+        return True
+    op, value = node.op, node.value
+    if empty is None:
+        return op in ("ne", "nin") or (op == "exists" and not value)
+    if op == "exists":
+        return bool(value)
+    if isinstance(empty, str) != isinstance(value[0] if isinstance(value, tuple) else value, str):
+        return op in ("ne", "nin")
+    checks: dict[str, Any] = {
+        "eq": lambda: empty == value,
+        "ne": lambda: empty != value,
+        "gt": lambda: empty > value,
+        "gte": lambda: empty >= value,
+        "lt": lambda: empty < value,
+        "lte": lambda: empty <= value,
+        "in": lambda: empty in value,
+        "nin": lambda: empty not in value,
+        "between": lambda: value[0] <= empty <= value[1],
+    }
+    check = checks.get(op)
+    return True if check is None else bool(check())
 
 
 def _bool(expr: Any) -> ColumnElement[bool]:
