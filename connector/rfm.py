@@ -59,7 +59,7 @@ def _day_start(day: dt.date) -> dt.datetime:
     return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
 
 
-def _aggregate(dialect: str, store_id: int, as_of: dt.date, window_days: int) -> sa.Subquery:
+def _aggregate(dialect: str, store_id: int, as_of: dt.date, window_days: int) -> sa.Select[Any]:
     """One row per scored contact: contact_id, recency_days, frequency, monetary_cents."""
     o = Order.__table__
     c = Contact.__table__
@@ -96,11 +96,29 @@ def _aggregate(dialect: str, store_id: int, as_of: dt.date, window_days: int) ->
             o.c.placed_at < end,
         )
         .group_by(o.c.contact_id)
-        .subquery("agg")
     )
 
 
-def _percentiles(session: Session, agg: sa.Subquery, column: str, n: int) -> list[float]:
+def _materialise(session: Session, query: sa.Select[Any]) -> sa.Table:
+    """The per-contact aggregate, computed once into a temporary table: the count, both percentile queries and the
+    INSERT of scores read it instead of aggregating every order again (5x fewer passes over the orders)."""
+    table = sa.Table(
+        "rfm_agg",
+        sa.MetaData(),
+        sa.Column("contact_id", sa.Integer),
+        sa.Column("recency_days", sa.Integer),
+        sa.Column("frequency", sa.Integer),
+        sa.Column("monetary_cents", sa.BigInteger),
+        prefixes=["TEMPORARY"],
+    )
+    conn = session.connection()
+    # A failed run rolls the CREATE back on both backends; a finished one drops it (pooled connections live on).
+    table.create(conn)
+    session.execute(sa.insert(table).from_select(["contact_id", "recency_days", "frequency", "monetary_cents"], query))
+    return table
+
+
+def _percentiles(session: Session, agg: sa.Table, column: str, n: int) -> list[float]:
     col = agg.c[column]
     if session.get_bind().dialect.name == "postgresql":
         row = session.execute(
@@ -140,7 +158,7 @@ def run_snapshot(
             claimed = session.scalar(sa.select(RfmRun).where(RfmRun.store_id == store_id, RfmRun.id == run_id))
             if claimed is None or claimed.finished_at is not None:
                 return run_id  # unknown, or done by an earlier delivery of the same message
-        agg = _aggregate(db.dialect, store_id, as_of, cfg.window_days)
+        agg = _materialise(session, _aggregate(db.dialect, store_id, as_of, cfg.window_days))
         scored_n = session.execute(sa.select(sa.func.count()).select_from(agg)).scalar_one()
         method = "percentiles" if scored_n >= cfg.min_scored_for_percentiles else "fixed"
         if method == "percentiles":
@@ -180,6 +198,7 @@ def run_snapshot(
                 sa.select(sa.literal(store_id), sa.literal(run.id), *(scored.c[k] for k in cols), group),
             )
         )
+        agg.drop(session.connection())
         run.population = _population(session, store_id, as_of)
         run.scored = _count_scores(session, store_id, run.id)
         run.complete = run.population == run.scored
