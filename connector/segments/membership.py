@@ -53,6 +53,8 @@ def _restrict(column: Any, contact_ids: Sequence[int] | None) -> list[Any]:
 
 def _evaluate_in(session: Session, segment: Segment, contact_ids: Sequence[int] | None, now: dt.datetime) -> Evaluation:
     store_id, segment_id = segment.store_id, segment.id
+    if contact_ids is None and segment.member_count == 0 and _is_empty(session, segment_id):
+        return _first_fill(session, segment, now)
     bind = session.connection()
     # A temporary table lives per connection: concurrent evaluations never see each other's rows.
     _scratch.create(bind, checkfirst=True)
@@ -114,16 +116,63 @@ def _evaluate_in(session: Session, segment: Segment, contact_ids: Sequence[int] 
     if (entered or exited) and segment.mirror:
         queue_segment_changes(session, store_id, segment_id, after_change_id=last_change)
     count = session.scalar(sa.select(sa.func.count()).select_from(member).where(member.c.segment_id == segment_id))
-    segment.member_count = int(count or 0)
+    _record_count(session, segment, int(count or 0), now)
+    return Evaluation(segment_id, segment.member_count, entered or 0, exited or 0)
+
+
+def _is_empty(session: Session, segment_id: int) -> bool:
+    member = cast(sa.Table, SegmentMember.__table__)
+    return session.scalar(sa.select(sa.exists().where(member.c.segment_id == segment_id))) is False
+
+
+def _first_fill(session: Session, segment: Segment, now: dt.datetime) -> Evaluation:
+    """A segment without members: everyone matching enters, so there is nothing to diff. Two set writes (members,
+    then their entered changes from them) instead of scratch table + anti-joins: the cost of a store's first
+    evaluation of the pre-built segments is writing their rows, so write each row once."""
+    store_id, segment_id = segment.store_id, segment.id
+    member = cast(sa.Table, SegmentMember.__table__)
+    change = cast(sa.Table, SegmentChange.__table__)
+    last_change = _count(
+        session, sa.select(sa.func.coalesce(sa.func.max(change.c.id), 0)).where(change.c.store_id == store_id)
+    )
+    matching = compile_criteria(store_id, parse(segment.criteria), marketing=segment.marketing, now=now).subquery()
+    session.execute(
+        member.insert().from_select(
+            ["store_id", "segment_id", "contact_id", "entered_at"],
+            sa.select(
+                sa.literal(store_id), sa.literal(segment_id), matching.c.id, sa.literal(now, member.c.entered_at.type)
+            ),
+        )
+    )
+    session.execute(
+        change.insert().from_select(
+            ["store_id", "segment_id", "contact_id", "change", "at"],
+            sa.select(
+                sa.literal(store_id),
+                sa.literal(segment_id),
+                member.c.contact_id,
+                sa.literal("entered"),
+                sa.literal(now, change.c.at.type),
+            ).where(member.c.segment_id == segment_id),
+        )
+    )
+    count = _count(session, sa.select(sa.func.count()).select_from(member).where(member.c.segment_id == segment_id))
+    if count and segment.mirror:
+        queue_segment_changes(session, store_id, segment_id, after_change_id=last_change)
+    _record_count(session, segment, count, now)
+    return Evaluation(segment_id, count, count, 0)
+
+
+def _record_count(session: Session, segment: Segment, count: int, now: dt.datetime) -> None:
+    segment.member_count = count
     segment.evaluated_at = now
     # The last evaluation of the day wins (store-local days would need the store's timezone; UTC for now).
     day = now.date()
-    daily = session.get(SegmentCount, (segment_id, day))
+    daily = session.get(SegmentCount, (segment.id, day))
     if daily is None:
-        session.add(SegmentCount(store_id=store_id, segment_id=segment_id, day=day, members=segment.member_count))
+        session.add(SegmentCount(store_id=segment.store_id, segment_id=segment.id, day=day, members=count))
     else:
-        daily.members = segment.member_count
-    return Evaluation(segment_id, segment.member_count, entered or 0, exited or 0)
+        daily.members = count
 
 
 def _count(session: Session, query: sa.Select[Any]) -> int:
