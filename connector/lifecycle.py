@@ -33,7 +33,7 @@ import sqlalchemy as sa
 from .store.base import UTCDateTime, utcnow
 from .store.commerce import Order
 from .store.contacts import Contact
-from .store.db import Database
+from .store.db import Database, bulk_work_mem
 from .store.rfm import ContactLifecycle
 
 COMPLETED = ("completed", "partially_refunded")
@@ -117,6 +117,7 @@ def compute(db: Database, store_id: int, as_of: dt.date, *, config: LifecycleCon
     risk = sa.case((ratio > 1, 1.0), else_=ratio)
     rounded = sa.func.round(sa.cast(risk, sa.Numeric), 3) if d == "postgresql" else sa.func.round(risk, 3)
     with db.writer() as session:
+        bulk_work_mem(session)
         session.execute(sa.delete(ContactLifecycle).where(ContactLifecycle.store_id == store_id))
         session.execute(
             sa.insert(ContactLifecycle).from_select(

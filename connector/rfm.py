@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session
 from .store.base import utcnow
 from .store.commerce import Order
 from .store.contacts import Contact
-from .store.db import Database
+from .store.db import Database, bulk_work_mem
 from .store.rfm import RfmRun, RfmScore, RfmTransition
 
 PERCENTILES = (0.2, 0.4, 0.6, 0.8)
@@ -158,6 +158,7 @@ def run_snapshot(
             claimed = session.scalar(sa.select(RfmRun).where(RfmRun.store_id == store_id, RfmRun.id == run_id))
             if claimed is None or claimed.finished_at is not None:
                 return run_id  # unknown, or done by an earlier delivery of the same message
+        bulk_work_mem(session)
         agg = _materialise(session, _aggregate(db.dialect, store_id, as_of, cfg.window_days))
         scored_n = session.execute(sa.select(sa.func.count()).select_from(agg)).scalar_one()
         method = "percentiles" if scored_n >= cfg.min_scored_for_percentiles else "fixed"

@@ -3,6 +3,10 @@
 One evaluation = one transaction: the compiled select lands in a per-connection temporary table, then four
 set statements (entered changes, exited changes, delete exits, insert entries) diff it against the stored
 members. Restricted to ``contact_ids`` it is the incremental path (a contact's order or consent change).
+
+The first full evaluation of a segment is its baseline: members are written, no entered changes are recorded
+(flows triggered by entering a segment fire for people who enter after it exists, not for everyone already in
+it), and a mirrored segment queues one sync item per member so the ESP list still gets them (``_first_fill``).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ from connector.outbox import Topic
 from connector.store import Database, utcnow
 from connector.store.commerce import Cart, Order, WaitlistEntry
 from connector.store.contacts import Contact
+from connector.store.db import bulk_work_mem
 from connector.store.events import Event
 from connector.store.segments import Segment, SegmentChange, SegmentCount, SegmentMember
-from connector.sync.queue import queue_segment_changes
+from connector.sync.queue import queue_segment_changes, queue_segment_members
 
 from .compile import compile_criteria
 from .criteria import parse
@@ -126,10 +131,17 @@ def _is_empty(session: Session, segment_id: int) -> bool:
 
 
 def _first_fill(session: Session, segment: Segment, now: dt.datetime) -> Evaluation:
-    """A segment without members: everyone matching enters, so there is nothing to diff. Two set writes (members,
-    then their entered changes from them) instead of scratch table + anti-joins: the cost of a store's first
-    evaluation of the pre-built segments is writing their rows, so write each row once."""
+    """A segment without members: everyone matching enters, so there is nothing to diff; the members are written
+    with one INSERT … SELECT (no scratch table, no anti-joins).
+
+    The first evaluation of a segment (never evaluated before) is its baseline: its members are written, but no
+    entered changes. Nobody entered anything: the segment just started to exist, so a flow triggered by entering
+    it must not fire for everyone already in it (Klaviyo's segment-triggered flows behave the same way, and the
+    RFM snapshot's first run records no group transitions either). A mirrored segment still sends its baseline:
+    one sync item per member (the mirror job sends current membership). Later evaluations of an empty segment
+    (it had members once, or was evaluated empty) record every member as entered, as any diff would."""
     store_id, segment_id = segment.store_id, segment.id
+    baseline = segment.evaluated_at is None
     member = cast(sa.Table, SegmentMember.__table__)
     change = cast(sa.Table, SegmentChange.__table__)
     last_change = _count(
@@ -144,23 +156,27 @@ def _first_fill(session: Session, segment: Segment, now: dt.datetime) -> Evaluat
             ),
         )
     )
-    session.execute(
-        change.insert().from_select(
-            ["store_id", "segment_id", "contact_id", "change", "at"],
-            sa.select(
-                sa.literal(store_id),
-                sa.literal(segment_id),
-                member.c.contact_id,
-                sa.literal("entered"),
-                sa.literal(now, change.c.at.type),
-            ).where(member.c.segment_id == segment_id),
+    if not baseline:
+        session.execute(
+            change.insert().from_select(
+                ["store_id", "segment_id", "contact_id", "change", "at"],
+                sa.select(
+                    sa.literal(store_id),
+                    sa.literal(segment_id),
+                    member.c.contact_id,
+                    sa.literal("entered"),
+                    sa.literal(now, change.c.at.type),
+                ).where(member.c.segment_id == segment_id),
+            )
         )
-    )
     count = _count(session, sa.select(sa.func.count()).select_from(member).where(member.c.segment_id == segment_id))
     if count and segment.mirror:
-        queue_segment_changes(session, store_id, segment_id, after_change_id=last_change)
+        if baseline:
+            queue_segment_members(session, store_id, segment_id)
+        else:
+            queue_segment_changes(session, store_id, segment_id, after_change_id=last_change)
     _record_count(session, segment, count, now)
-    return Evaluation(segment_id, count, count, 0)
+    return Evaluation(segment_id, count, 0 if baseline else count, 0)
 
 
 def _record_count(session: Session, segment: Segment, count: int, now: dt.datetime) -> None:
@@ -202,6 +218,7 @@ def evaluate(
     with db.writer() as session:
         segment = _locked_segment(session, store_id, segment_id)
         if contact_ids is None:
+            bulk_work_mem(session)  # a whole-store select: group-bys over every order, without spilling to disk
             return _evaluate_in(session, segment, None, now)
         totals = Evaluation(segment_id, 0, 0, 0)
         ids = sorted(set(contact_ids))

@@ -56,6 +56,23 @@ class Database:
             self._write_turn.close()
 
 
+#: work_mem for one whole-store set-based computation (RFM snapshot, lifecycle, a full segment evaluation).
+BULK_WORK_MEM = "64MB"
+
+
+def bulk_work_mem(session: Session) -> None:
+    """Give this transaction's sorts and hashes ``BULK_WORK_MEM`` on PostgreSQL (``SET LOCAL``: it ends with the
+    transaction, pooled connections keep the server default).
+
+    The default 4 MB suits many small concurrent queries; a statement that groups a store's million orders by
+    contact spills its hash aggregate to disk in dozens of batches with it. Measured on the 1M-contact benchmark,
+    the New Customers evaluation (an INSERT … SELECT, which PostgreSQL runs without parallel workers) took 21.4 s
+    with 4 MB and 5.6 s with 64 MB. These computations run one at a time per store (nightly, or on demand), so the
+    extra memory is bounded: a few hash tables of this size at once, on the server."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text(f"SET LOCAL work_mem = '{BULK_WORK_MEM}'"))
+
+
 def connect(url: str, *, pool_size: int = 5) -> Database:
     """Create the engine for ``url`` with the settings each backend needs."""
     is_sqlite = url.startswith("sqlite")

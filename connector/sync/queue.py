@@ -24,6 +24,7 @@ from ..store import (
     OutboxRow,
     Segment,
     SegmentChange,
+    SegmentMember,
     SyncItem,
     SyncItemStatus,
     SyncKind,
@@ -90,11 +91,37 @@ def queue_segment_changes(session: Session, store_id: int, segment_id: int, *, a
     """Set-based ``queue_mirror_changes`` for an evaluation's INSERT … SELECT of changes: every change of
     ``segment_id`` with an id above ``after_change_id`` (read before the evaluation) is queued, in one statement
     per ESP, for each connected ESP the segment mirrors to, unless an item of that contact is already pending."""
+    change = cast(sa.Table, SegmentChange.__table__)
+    return _queue_segment_contacts(
+        session,
+        store_id,
+        segment_id,
+        sa.select(change.c.contact_id).where(
+            change.c.store_id == store_id, change.c.segment_id == segment_id, change.c.id > after_change_id
+        ),
+    )
+
+
+def queue_segment_members(session: Session, store_id: int, segment_id: int) -> int:
+    """Queue every current member of ``segment_id`` for each connected ESP the segment mirrors to (set-based, one
+    statement per ESP), unless an item of that contact is already pending: a segment's baseline evaluation records
+    no entered changes, yet its members must reach the mirror. The job sends the membership as it is when it runs,
+    so a subject per member is all it needs."""
+    member = cast(sa.Table, SegmentMember.__table__)
+    return _queue_segment_contacts(
+        session,
+        store_id,
+        segment_id,
+        sa.select(member.c.contact_id).where(member.c.store_id == store_id, member.c.segment_id == segment_id),
+    )
+
+
+def _queue_segment_contacts(session: Session, store_id: int, segment_id: int, source: sa.Select[Any]) -> int:
     mirror = session.scalar(sa.select(Segment.mirror).where(Segment.store_id == store_id, Segment.id == segment_id))
     connected = set(session.scalars(sa.select(EspConnection.esp).where(EspConnection.store_id == store_id)))
-    change = cast(sa.Table, SegmentChange.__table__)
     item = cast(sa.Table, SyncItem.__table__)
-    subject = sa.literal(f"{segment_id}:") + sa.cast(change.c.contact_id, sa.String)
+    found = source.subquery("found")
+    subject = sa.literal(f"{segment_id}:") + sa.cast(found.c.contact_id, sa.String)
     added = 0
     now = utcnow()
     for esp in sorted(set(mirror or {}) & connected):
@@ -105,13 +132,7 @@ def queue_segment_changes(session: Session, store_id: int, segment_id: int, *, a
             item.c.subject_id == subject,
             item.c.status == SyncItemStatus.PENDING.value,
         )
-        contacts = (
-            sa.select(change.c.contact_id)
-            .where(change.c.store_id == store_id, change.c.segment_id == segment_id, change.c.id > after_change_id)
-            .where(sa.not_(pending))
-            .distinct()
-            .subquery()
-        )
+        contacts = sa.select(found.c.contact_id).where(sa.not_(pending)).distinct().subquery()
         rows = sa.select(
             sa.literal(store_id),
             sa.literal(esp),

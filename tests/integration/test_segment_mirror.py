@@ -14,6 +14,7 @@ from flask.testing import FlaskClient
 from connector.credentials import new_key
 from connector.esp.base import SegmentRef
 from connector.esp.klaviyo_adapter import KlaviyoAdapter
+from connector.segments import evaluate
 from connector.settings import Settings
 from connector.store import Contact, Database, Segment, SegmentChange, SegmentMember, SyncItem, SyncKind, utcnow
 from connector.sync import queue
@@ -262,6 +263,30 @@ def test_an_evaluations_changes_are_queued_set_based_once_per_contact_and_esp(
     )
     esps.drain(store.id)
     assert klaviyo_lists(esps) == {"espbridge: VIP": [ADA]} and ac_tagged(esps) == {"espbridge: VIP": [ADA]}
+
+
+def test_a_baseline_evaluation_records_no_changes_yet_mirrors_every_member(
+    db: Database, store: NewStore, esps: consent_esps.Esps, people: dict[str, int]
+) -> None:
+    calls = consent_calls(esps)
+    vip = segment(db, store.id, "VIP")
+    with db.writer() as session:
+        session.get_one(Segment, vip).criteria = {"email": {"exists": True}}
+    first = evaluate(db, store.id, vip)
+    assert (first.members, first.entered, first.exited) == (2, 0, 0)
+    with db.reader() as session:
+        assert session.scalar(sa.select(sa.func.count()).where(SegmentChange.segment_id == vip)) == 0
+        subjects = sorted(
+            session.execute(sa.select(SyncItem.esp, SyncItem.subject_id).where(SyncItem.kind == SyncKind.SEGMENT))
+        )
+    assert [tuple(s) for s in subjects] == sorted(
+        (esp, f"{vip}:{people[e]}") for esp in ("activecampaign", "klaviyo") for e in (ADA, BO)
+    )
+    esps.drain(store.id)
+    assert klaviyo_lists(esps) == {"espbridge: VIP": [ADA, BO]} and ac_tagged(esps) == {"espbridge: VIP": [ADA, BO]}
+    assert consent_calls(esps) == calls
+    again = evaluate(db, store.id, vip)
+    assert (again.members, again.entered, again.exited) == (2, 0, 0)
 
 
 def test_a_list_created_concurrently_keeps_the_first_and_resends_to_it(
