@@ -4,7 +4,9 @@ Starts a throwaway PostgreSQL (bench/_procs.py), migrates it, generates the data
 (``generate_series``: skewed order counts, 2 years of dates, a few dozen prices, refunds and cancellations), then
 times, each in a fresh child process so peak RSS is that step's own:
 
-- ``rfm``: connector.rfm.run_snapshot, then connector.lifecycle.compute, then connector.segments.evaluate_all;
+- ``rfm``: connector.rfm.run_snapshot with lifecycle stages (``stages=``: one per-contact aggregate for both, as
+  the nightly job and ``espbridge rfm run`` do), then connector.segments.evaluate_all (the pre-built segments'
+  first, baseline evaluation);
 - ``peer``: the same RFM scores as one hand-written SQL statement (percentile_cont + CASE) sent with psycopg,
   the floor for "computed in the database".
 
@@ -119,11 +121,8 @@ def child(kind: str, url: str, store_id: int) -> dict[str, Any]:
     extra: dict[str, Any] = {}
     if kind == "rfm":
         db = connect(url)
-        run_id = rfm.run_snapshot(db, store_id, AS_OF)
-        steps["rfm"] = time.perf_counter() - started
-        t = time.perf_counter()
-        extra["lifecycle_contacts"] = lifecycle.compute(db, store_id, AS_OF)
-        steps["lifecycle"] = time.perf_counter() - t
+        run_id = rfm.run_snapshot(db, store_id, AS_OF, stages=lifecycle.LifecycleConfig())
+        steps["rfm+lifecycle"] = time.perf_counter() - started
         try:
             from connector import segments
         except ImportError:
@@ -135,6 +134,7 @@ def child(kind: str, url: str, store_id: int) -> dict[str, Any]:
             extra["segments"] = len(evaluations)
         run = rfm.get_run(db, store_id, run_id)
         assert run is not None
+        extra["lifecycle_contacts"] = lifecycle.staged(db, store_id)
         extra |= {"scored": run["scored"], "population": run["population"], "complete": run["complete"]}
         with db.reader() as session:  # the same figure the peer prints: equal sums = equal scores, near enough
             extra["composite_sum"] = int(

@@ -20,6 +20,9 @@ Churn risk, in 0..1, is how far the customer is into the time by which they woul
 So 0 on the day of an order, 0.5 halfway to the expected return, 1 once overdue; a customer who orders every
 week reaches 1 after 45 days, a one-time buyer after 90. Every input is on the row's order history: it can be
 explained with three numbers (days, order count, average gap).
+
+The RFM snapshot can write the stages from its own per-contact aggregate (``run_snapshot(stages=…)``, as the
+nightly job and ``espbridge rfm run`` do): the orders are grouped once for both. ``compute`` groups them alone.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import datetime as dt
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
 from .store.base import UTCDateTime, utcnow
 from .store.commerce import Order
@@ -59,19 +63,23 @@ def _as_of_day(dialect: str, as_of: dt.date) -> sa.ColumnElement[Any]:
     return sa.func.julianday(as_of.isoformat())
 
 
+def per_contact(o: sa.FromClause) -> list[sa.ColumnElement[Any]]:
+    """The aggregates a stage is computed from, over a contact's completed orders up to ``as_of``: how many, the
+    first and the last order time. The RFM snapshot adds them to its own per-contact aggregate (one pass over the
+    orders for both), ``compute`` groups them on its own."""
+    return [
+        sa.func.count().label("orders_n"),
+        sa.func.min(o.c.placed_at).label("first_at"),
+        sa.func.max(o.c.placed_at).label("last_at"),
+    ]
+
+
 def compute(db: Database, store_id: int, as_of: dt.date, *, config: LifecycleConfig | None = None) -> int:
     """Replace the store's lifecycle rows as of ``as_of``; returns how many contacts got a stage."""
-    cfg = config or LifecycleConfig()
-    d = db.dialect
     o, c = Order.__table__, Contact.__table__
     end = dt.datetime(as_of.year, as_of.month, as_of.day, tzinfo=dt.UTC) + dt.timedelta(days=1)
-    # Each order with its contact's last order time, so the aggregate below can find the order before the last.
-    orders = (
-        sa.select(
-            o.c.contact_id,
-            o.c.placed_at,
-            sa.func.max(o.c.placed_at).over(partition_by=o.c.contact_id).label("last_at"),
-        )
+    per = (
+        sa.select(o.c.contact_id, *per_contact(o))
         .select_from(o.join(c, c.c.id == o.c.contact_id))
         .where(
             o.c.store_id == store_id,
@@ -81,34 +89,58 @@ def compute(db: Database, store_id: int, as_of: dt.date, *, config: LifecycleCon
             o.c.status.in_(COMPLETED),
             o.c.placed_at < end,
         )
-        .subquery("o")
-    )
-    per = (
-        sa.select(
-            orders.c.contact_id,
-            sa.func.count().label("n"),
-            sa.func.min(orders.c.placed_at).label("first_at"),
-            sa.func.max(orders.c.placed_at).label("last_at"),
-            sa.func.max(orders.c.placed_at).filter(orders.c.placed_at < orders.c.last_at).label("prev_at"),
-        )
-        .group_by(orders.c.contact_id)
+        .group_by(o.c.contact_id)
         .subquery("per")
+    )
+    with db.writer() as session:
+        bulk_work_mem(session)
+        return write_stages(session, store_id, as_of, per, config)
+
+
+def write_stages(
+    session: Session,
+    store_id: int,
+    as_of: dt.date,
+    per: sa.Table | sa.Subquery,
+    config: LifecycleConfig | None = None,
+) -> int:
+    """Replace the store's lifecycle rows from ``per`` (one row per staged contact: contact_id and the
+    ``per_contact`` columns); returns how many contacts got a stage.
+
+    The order before the last (for ``reactivated``) is looked up only where the stage depends on it: contacts with
+    more than one order whose last one is at most ``at_risk_days`` old (the rules above it decide everyone else).
+    It is one probe of the (store_id, contact_id, placed_at) index per such contact, inside the CASE, instead of
+    a window over every order of the store."""
+    cfg = config or LifecycleConfig()
+    d = session.get_bind().dialect.name
+    o = Order.__table__
+    prev_at = (
+        sa.select(sa.func.max(o.c.placed_at))
+        .where(
+            o.c.store_id == store_id,
+            o.c.contact_id == per.c.contact_id,
+            o.c.status.in_(COMPLETED),
+            o.c.placed_at < per.c.last_at,
+        )
+        .correlate(per)
+        .scalar_subquery()
     )
     today = _as_of_day(d, as_of)
     days = sa.cast(today - _day(d, per.c.last_at), sa.Integer)
     first_days = sa.cast(today - _day(d, per.c.first_at), sa.Integer)
-    prev_gap = sa.cast(_day(d, per.c.last_at) - _day(d, per.c.prev_at), sa.Integer)
+    prev_gap = sa.cast(_day(d, per.c.last_at) - _day(d, prev_at), sa.Integer)
     stage = sa.case(
         (days > cfg.churned_days, "churned"),
         (days > cfg.at_risk_days, "at_risk"),
-        (sa.and_(per.c.prev_at.is_not(None), prev_gap > cfg.churned_days), "reactivated"),
+        # A NULL gap (every order at the same instant) is no reactivation.
+        (sa.and_(per.c.orders_n > 1, prev_gap > cfg.churned_days), "reactivated"),
         (first_days <= cfg.new_days, "new"),
         else_="active",
     )
     # 2 * average gap = 2 * (last - first) / (n - 1), bounded to [at_risk_days, churned_days].
-    two_gaps = 2.0 * (_day(d, per.c.last_at) - _day(d, per.c.first_at)) / sa.func.nullif(per.c.n - 1, 0)
+    two_gaps = 2.0 * (_day(d, per.c.last_at) - _day(d, per.c.first_at)) / sa.func.nullif(per.c.orders_n - 1, 0)
     expected = sa.case(
-        (per.c.n == 1, float(cfg.churned_days)),
+        (per.c.orders_n == 1, float(cfg.churned_days)),
         (two_gaps < cfg.at_risk_days, float(cfg.at_risk_days)),
         (two_gaps > cfg.churned_days, float(cfg.churned_days)),
         else_=two_gaps,
@@ -116,13 +148,17 @@ def compute(db: Database, store_id: int, as_of: dt.date, *, config: LifecycleCon
     ratio = 1.0 * days / expected
     risk = sa.case((ratio > 1, 1.0), else_=ratio)
     rounded = sa.func.round(sa.cast(risk, sa.Numeric), 3) if d == "postgresql" else sa.func.round(risk, 3)
-    with db.writer() as session:
-        bulk_work_mem(session)
-        session.execute(sa.delete(ContactLifecycle).where(ContactLifecycle.store_id == store_id))
-        session.execute(
-            sa.insert(ContactLifecycle).from_select(
-                ["store_id", "contact_id", "stage", "churn_risk", "computed_at"],
-                sa.select(sa.literal(store_id), per.c.contact_id, stage, rounded, sa.literal(utcnow(), UTCDateTime())),
-            )
+    session.execute(sa.delete(ContactLifecycle).where(ContactLifecycle.store_id == store_id))
+    session.execute(
+        sa.insert(ContactLifecycle).from_select(
+            ["store_id", "contact_id", "stage", "churn_risk", "computed_at"],
+            sa.select(sa.literal(store_id), per.c.contact_id, stage, rounded, sa.literal(utcnow(), UTCDateTime())),
         )
+    )
+    return session.execute(sa.select(sa.func.count()).where(ContactLifecycle.store_id == store_id)).scalar_one()
+
+
+def staged(db: Database, store_id: int) -> int:
+    """How many contacts of the store have a lifecycle stage."""
+    with db.reader() as session:
         return session.execute(sa.select(sa.func.count()).where(ContactLifecycle.store_id == store_id)).scalar_one()

@@ -31,7 +31,8 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .store.base import utcnow
+from . import lifecycle
+from .store.base import UTCDateTime, utcnow
 from .store.commerce import Order
 from .store.contacts import Contact
 from .store.db import Database, bulk_work_mem
@@ -60,7 +61,8 @@ def _day_start(day: dt.date) -> dt.datetime:
 
 
 def _aggregate(dialect: str, store_id: int, as_of: dt.date, window_days: int) -> sa.Select[Any]:
-    """One row per scored contact: contact_id, recency_days, frequency, monetary_cents."""
+    """One row per scored contact: contact_id, recency_days, frequency, monetary_cents, and the lifecycle inputs
+    (``lifecycle.per_contact``: same population, same orders), so a snapshot with stages groups the orders once."""
     o = Order.__table__
     c = Contact.__table__
     end = _day_start(as_of + dt.timedelta(days=1))
@@ -85,6 +87,7 @@ def _aggregate(dialect: str, store_id: int, as_of: dt.date, window_days: int) ->
             recency.label("recency_days"),
             sa.func.count().filter(in_window).label("frequency"),
             sa.func.coalesce(sa.func.sum(net).filter(in_window), 0).label("monetary_cents"),
+            *lifecycle.per_contact(o),
         )
         .select_from(o.join(c, c.c.id == o.c.contact_id))
         .where(
@@ -109,12 +112,15 @@ def _materialise(session: Session, query: sa.Select[Any]) -> sa.Table:
         sa.Column("recency_days", sa.Integer),
         sa.Column("frequency", sa.Integer),
         sa.Column("monetary_cents", sa.BigInteger),
+        sa.Column("orders_n", sa.Integer),
+        sa.Column("first_at", UTCDateTime()),
+        sa.Column("last_at", UTCDateTime()),
         prefixes=["TEMPORARY"],
     )
     conn = session.connection()
     # A failed run rolls the CREATE back on both backends; a finished one drops it (pooled connections live on).
     table.create(conn)
-    session.execute(sa.insert(table).from_select(["contact_id", "recency_days", "frequency", "monetary_cents"], query))
+    session.execute(sa.insert(table).from_select([c.name for c in table.columns], query))
     return table
 
 
@@ -147,10 +153,20 @@ def _score(value: sa.ColumnElement[Any], op: str, cuts: Sequence[float]) -> sa.C
 
 
 def run_snapshot(
-    db: Database, store_id: int, as_of: dt.date, *, config: RfmConfig | None = None, run_id: int | None = None
+    db: Database,
+    store_id: int,
+    as_of: dt.date,
+    *,
+    config: RfmConfig | None = None,
+    run_id: int | None = None,
+    stages: lifecycle.LifecycleConfig | None = None,
 ) -> int:
     """Score the store's population as of ``as_of``; returns the RfmRun id (``run_id``: fill that claimed run,
-    as the nightly schedule does, instead of creating one)."""
+    as the nightly schedule does, instead of creating one).
+
+    With ``stages``, the lifecycle stages as of the same day are replaced in the same transaction from the same
+    per-contact aggregate (``lifecycle.write_stages``): the result of ``lifecycle.compute``, one pass over the
+    orders fewer."""
     cfg = config or RfmConfig()
     with db.writer() as session:
         claimed = None
@@ -199,6 +215,8 @@ def run_snapshot(
                 sa.select(sa.literal(store_id), sa.literal(run.id), *(scored.c[k] for k in cols), group),
             )
         )
+        if stages is not None:
+            lifecycle.write_stages(session, store_id, as_of, agg, stages)
         agg.drop(session.connection())
         run.population = _population(session, store_id, as_of)
         run.scored = _count_scores(session, store_id, run.id)

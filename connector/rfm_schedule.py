@@ -85,5 +85,5 @@ def run_claimed(db: Database, run_id: int) -> None:
         if run is None or run.finished_at is not None:
             return
         store_id, as_of = run.store_id, run.as_of
-    rfm.run_snapshot(db, store_id, as_of, run_id=run_id)
-    lifecycle.compute(db, store_id, as_of)
+    # Stages from the snapshot's own per-contact aggregate, in its transaction (lifecycle.compute's result).
+    rfm.run_snapshot(db, store_id, as_of, run_id=run_id, stages=lifecycle.LifecycleConfig())

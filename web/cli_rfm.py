@@ -53,8 +53,8 @@ def rfm_run(ctx: Context, store_id: int | None, as_of: dt.datetime | None, as_js
         with db.reader() as session:
             store = find_store(session, store_id)
         day = as_of.date() if as_of else rfm.local_yesterday(store.timezone)
-        run_id = rfm.run_snapshot(db, store.id, day)
-        staged = lifecycle.compute(db, store.id, day)
+        run_id = rfm.run_snapshot(db, store.id, day, stages=lifecycle.LifecycleConfig())
+        staged = lifecycle.staged(db, store.id)
         run = rfm.get_run(db, store.id, run_id)
     except EspbridgeError as exc:
         raise click.UsageError(str(exc)) from None

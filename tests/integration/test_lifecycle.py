@@ -7,7 +7,8 @@ from decimal import Decimal
 
 import sqlalchemy as sa
 
-from connector.lifecycle import LifecycleConfig, compute
+from connector.lifecycle import LifecycleConfig, compute, staged
+from connector.rfm import run_snapshot
 from connector.store.commerce import Order
 from connector.store.contacts import Contact
 from connector.store.db import Database
@@ -30,6 +31,10 @@ CASES: dict[str, tuple[list[int], str, str]] = {
     "reactivated": ([3, 203], "reactivated", "0.033"),
     # Two orders 60 days apart, last 20 days ago, first 80 days ago: active; 2 * 60 = 120 → 90; 20 / 90.
     "steady": ([20, 80], "active", "0.222"),
+    # Two orders at the same instant 3 days ago after one 200 days ago: the order before the last is 200 days old.
+    "twin": ([3, 3, 203], "reactivated", "0.033"),
+    # Two orders at the same instant: no order before the last, so no reactivation; 2 * 0 → 45; 10 / 45.
+    "same_instant": ([10, 10], "new", "0.222"),
 }
 
 
@@ -95,3 +100,14 @@ def test_stages_and_churn_risk(db: Database, store: NewStore, other_store: NewSt
     compute(db, store.id, AS_OF, config=LifecycleConfig(new_days=5, at_risk_days=200, churned_days=300))
     assert _stages(db, store.id)[ids["new"]][0] == "active"
     assert _stages(db, store.id)[ids["at_risk"]][0] == "active"
+
+
+def test_the_rfm_snapshot_writes_the_same_stages_from_its_own_aggregate(db: Database, store: NewStore) -> None:
+    ids = _seed(db, store.id)
+    run_snapshot(db, store.id, AS_OF, stages=LifecycleConfig())
+    assert staged(db, store.id) == len(CASES)
+    assert _stages(db, store.id) == {ids[name]: (stage, Decimal(risk)) for name, (_, stage, risk) in CASES.items()}
+    compute(db, store.id, AS_OF, config=LifecycleConfig(new_days=5, at_risk_days=200, churned_days=300))
+    alone = _stages(db, store.id)
+    run_snapshot(db, store.id, AS_OF, stages=LifecycleConfig(new_days=5, at_risk_days=200, churned_days=300))
+    assert _stages(db, store.id) == alone
