@@ -119,6 +119,13 @@ def _materialise(session: Session, query: sa.Select[Any]) -> sa.Table:
     )
     conn = session.connection()
     # A failed run rolls the CREATE back on both backends; a finished one drops it (pooled connections live on).
+    if conn.dialect.name == "postgresql":
+        # CREATE TABLE … AS may run its select with parallel workers (partial aggregates per worker); an
+        # INSERT … SELECT never does. The select's columns are the table's, in order (asserted below).
+        assert [c.name for c in query.selected_columns] == [c.name for c in table.columns]
+        compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE rfm_agg AS {compiled}", compiled.params)
+        return table
     table.create(conn)
     session.execute(sa.insert(table).from_select([c.name for c in table.columns], query))
     return table
