@@ -26,10 +26,8 @@ PREBUILT: dict[str, tuple[str, dict[str, Any]]] = {
     "Loyal": ("Regular customers: RFM composite 28-37.", {"rfm.group": "Loyal"}),
     "At Risk": ("Customers slipping away: RFM composite 18-27.", {"rfm.group": "At Risk"}),
     "Hibernating": ("Lapsed customers: RFM composite 10-17.", {"rfm.group": "Hibernating"}),
-    "New Customers": (
-        "First order in the last 30 days.",
-        {"orders.count": {"gte": 1}, "days_since_first_order": {"lte": 30}},
-    ),
+    # A first order at most 30 days old implies an order: no separate orders.count (one grouping of the orders).
+    "New Customers": ("First order in the last 30 days.", {"days_since_first_order": {"lte": 30}}),
     "Churn Risk": ("Lifecycle churn risk of 0.7 or more.", {"lifecycle.churn_risk": {"gte": 0.7}}),
     "Window Shoppers": (
         "Viewed 3+ products in the last 30 days and never ordered.",
