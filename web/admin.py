@@ -15,19 +15,11 @@ from connector.sync.full import FullSyncOptions, SyncRunning, start, summary
 
 from . import get_runtime
 from .auth import ALL_ROLES, current_principal, requires
-from .errors import error_response
+from .errors import admin_errors, error_response
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 
-
-@bp.errorhandler(NotFound)
-def _not_found(exc: NotFound) -> Response:
-    return error_response(404, str(exc))
-
-
-@bp.errorhandler(InvalidInput)
-def _invalid(exc: InvalidInput) -> Response:
-    return error_response(400, str(exc), field=exc.field)
+admin_errors(bp)
 
 
 @bp.get("/contacts")

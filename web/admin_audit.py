@@ -8,26 +8,18 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from connector import audit
-from connector.errors import InvalidInput, NotFound
+from connector.errors import InvalidInput
 from connector.store import Role
 
 from . import get_runtime
 from .auth import current_principal, requires
-from .errors import error_response
+from .errors import admin_errors
 
 bp = Blueprint("admin_audit", __name__, url_prefix="/admin/api/audit")
 
 MEDIA_TYPES = {"csv": "text/csv; charset=utf-8", "json": "application/json"}
 
-
-@bp.errorhandler(NotFound)
-def _not_found(exc: NotFound) -> Response:
-    return error_response(404, str(exc))
-
-
-@bp.errorhandler(InvalidInput)
-def _invalid(exc: InvalidInput) -> Response:
-    return error_response(400, str(exc), field=exc.field)
+admin_errors(bp)
 
 
 @bp.get("/verify")

@@ -8,26 +8,18 @@ from flask import Blueprint, Response, jsonify, request
 
 from connector import erasure
 from connector.credentials import CredentialCipher, CredentialsUnavailable
-from connector.errors import InvalidInput, NotFound
+from connector.errors import InvalidInput
 from connector.store import Role
 
 from . import get_runtime
 from .auth import current_principal, requires
-from .errors import error_response
+from .errors import admin_errors, error_response
 
 bp = Blueprint("admin_erasure", __name__, url_prefix="/admin/api/erasures")
 
 _FIELDS = ("email", "phone", "contact_id")
 
-
-@bp.errorhandler(NotFound)
-def _not_found(exc: NotFound) -> Response:
-    return error_response(404, str(exc))
-
-
-@bp.errorhandler(InvalidInput)
-def _invalid(exc: InvalidInput) -> Response:
-    return error_response(400, str(exc), field=exc.field)
+admin_errors(bp)
 
 
 @bp.errorhandler(CredentialsUnavailable)

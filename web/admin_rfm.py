@@ -11,21 +11,13 @@ from connector.store import Role
 
 from . import get_runtime
 from .auth import current_principal, requires
-from .errors import error_response
+from .errors import admin_errors
 
 bp = Blueprint("admin_rfm", __name__, url_prefix="/admin/api/rfm")
 
 READERS = (Role.ADMIN, Role.MARKETER, Role.VIEWER)
 
-
-@bp.errorhandler(NotFound)
-def _not_found(exc: NotFound) -> Response:
-    return error_response(404, str(exc))
-
-
-@bp.errorhandler(InvalidInput)
-def _invalid(exc: InvalidInput) -> Response:
-    return error_response(400, str(exc), field=exc.field)
+admin_errors(bp)
 
 
 @bp.get("/runs")

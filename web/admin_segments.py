@@ -10,27 +10,19 @@ from collections.abc import Iterator
 from flask import Blueprint, Response, jsonify, request, stream_with_context
 
 from connector import segments
-from connector.errors import InvalidInput, NotFound
+from connector.errors import InvalidInput
 from connector.segments import service
 from connector.store import Role
 
 from . import get_runtime
 from .auth import current_principal, requires
-from .errors import error_response
+from .errors import admin_errors
 
 bp = Blueprint("admin_segments", __name__, url_prefix="/admin/api/segments")
 
 EDITORS = (Role.MARKETER, Role.ADMIN)
 
-
-@bp.errorhandler(NotFound)
-def _not_found(exc: NotFound) -> Response:
-    return error_response(404, str(exc))
-
-
-@bp.errorhandler(InvalidInput)
-def _invalid(exc: InvalidInput) -> Response:
-    return error_response(400, str(exc), field=exc.field)
+admin_errors(bp)
 
 
 def _body() -> object:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from connector.errors import InvalidInput, NotFound
 from connector.ingest.committer import CommitTimeout
 
 log = logging.getLogger(__name__)
@@ -18,6 +19,18 @@ def error_response(status: int, message: str, **extra: Any) -> Response:
     response = jsonify({"success": False, "error": message, **extra})
     response.status_code = status
     return response
+
+
+def admin_errors(bp: Blueprint) -> None:
+    """The admin blueprints' answers to the domain's errors: 404 for NotFound, 400 naming the field otherwise."""
+
+    @bp.errorhandler(NotFound)
+    def _not_found(exc: NotFound) -> Response:
+        return error_response(404, str(exc))
+
+    @bp.errorhandler(InvalidInput)
+    def _invalid(exc: InvalidInput) -> Response:
+        return error_response(400, str(exc), field=exc.field)
 
 
 def init_app(app: Flask) -> None:
