@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from . import ledger
 from .errors import InvalidInput, NotFound
-from .identity import normalise_email
+from .identity import merge_family, normalise_email
 from .store import Channel, ConsentEvidence, ConsentLedgerEntry, Contact, Identity, IdentityKind, LedgerHead, utcnow
 from .store.db import Database
 
@@ -369,20 +369,7 @@ def _contacts(session: Session, store_id: int, wanted: ExportFilter) -> list[int
         return None
     if not found:
         raise NotFound(f"{field}: no contact in store {store_id} matches")
-    # Up to the survivors (a merged contact's history continues there), then down to everything merged into them.
-    people: set[int] = set(found)
-    while True:
-        up = sa.select(Contact.merged_into_id).where(Contact.store_id == store_id, Contact.id.in_(people))
-        survivors = {survivor for survivor in session.scalars(up) if survivor is not None}
-        merged = set(
-            session.scalars(
-                sa.select(Contact.id).where(Contact.store_id == store_id, Contact.merged_into_id.in_(people))
-            )
-        )
-        grown = people | survivors | merged
-        if grown == people:
-            return sorted(people)
-        people = grown
+    return [contact.id for contact in merge_family(session, store_id, found)]
 
 
 def _evidence(values: dict[str, Any], salt: str | None) -> str:

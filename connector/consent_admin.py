@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from .consent import ConsentProperties, record
 from .errors import InvalidInput, NotFound
+from .identity import survivor
 from .store import Channel, ConsentStatus, Contact, utcnow
 
 #: What a person may set by hand: pending belongs to double opt-in, never to an admin.
@@ -29,11 +30,7 @@ def set_consent(
     contact = session.get(Contact, contact_id)
     if contact is None or contact.store_id != store_id:
         raise NotFound(f"contact {contact_id} does not exist")
-    while contact.merged_into_id is not None:  # a merged id speaks for the contact it was merged into
-        survivor = session.get(Contact, contact.merged_into_id)
-        if survivor is None:
-            break
-        contact = survivor
+    contact = survivor(session, contact)  # a merged id speaks for the contact it was merged into
     now = utcnow()
     props = ConsentProperties(channel=Channel(channel), status=ConsentStatus(status), method="admin", source="admin")
     entry = record(

@@ -35,7 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import consent
-from .identity import normalise_email
+from .identity import normalise_email, survivor
 from .store import Channel, ConsentStatus, Contact, Engagement, EngagementKind, EspLink, Identity, IdentityKind
 
 
@@ -57,10 +57,6 @@ class EngagementReport:
     hard_bounce: bool = False
     details: Mapping[str, Any] = field(default_factory=dict)
     channel: Channel = Channel.EMAIL
-
-
-#: Merged contacts are followed to their survivor at most this many hops (merges chain rarely, never in cycles).
-MAX_MERGE_HOPS = 10
 
 
 @dataclass
@@ -211,8 +207,5 @@ def _contact(session: Session, store_id: int, report: EngagementReport) -> Conta
             )
         )
     contact = session.get(Contact, contact_id) if contact_id is not None else None
-    for _ in range(MAX_MERGE_HOPS):
-        if contact is None or contact.merged_into_id is None:
-            break
-        contact = session.get(Contact, contact.merged_into_id)
+    contact = survivor(session, contact) if contact is not None else None
     return contact if contact is not None and contact.store_id == store_id else None

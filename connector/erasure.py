@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from . import consent, store_keys, suppression
 from .credentials import CredentialCipher, CredentialsUnavailable
 from .errors import InvalidInput, NotFound
-from .identity import normalise_email
+from .identity import merge_family, normalise_email
 from .store import (
     Cart,
     CartItem,
@@ -45,8 +45,6 @@ from .store import (
     utcnow,
 )
 
-#: How many merge hops are followed (a chain longer than this is a bug elsewhere).
-MAX_MERGE_HOPS = 16
 _OPEN = (SyncItemStatus.PENDING, SyncItemStatus.ENQUEUED)
 
 
@@ -133,24 +131,7 @@ def _find(session: Session, store_id: int, kind: str, value: Any, as_typed: str 
         roots = set(
             session.scalars(sa.select(Contact.id).where(Contact.store_id == store_id, Contact.phone.in_(phones)))
         )
-    found: dict[int, Contact] = {}
-    wanted = set(roots)
-    for _ in range(MAX_MERGE_HOPS):  # up to the survivors, and down to everyone merged into them
-        if not wanted:
-            break
-        rows = session.scalars(
-            sa.select(Contact).where(
-                Contact.store_id == store_id,
-                sa.or_(Contact.id.in_(wanted), Contact.merged_into_id.in_(wanted)),
-            )
-        ).all()
-        new = {c.id: c for c in rows if c.id not in found}
-        found.update(new)
-        wanted = {c.id for c in new.values()} | {
-            c.merged_into_id for c in new.values() if c.merged_into_id and c.merged_into_id not in found
-        }
-        wanted -= set(found) - set(new)
-    return sorted(found.values(), key=lambda c: c.id)
+    return merge_family(session, store_id, roots)
 
 
 def _ledger(

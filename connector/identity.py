@@ -31,6 +31,44 @@ from .store import (
 
 log = logging.getLogger(__name__)
 
+#: Merges are followed at most this many hops (a merge points at the survivor; this bounds a corrupt cycle).
+MAX_MERGE_HOPS = 16
+
+
+def survivor(session: Session, contact: Contact) -> Contact:
+    """The contact ``contact`` lives on as: itself, or the one it was (transitively) merged into."""
+    for _ in range(MAX_MERGE_HOPS):
+        if contact.merged_into_id is None:
+            break
+        merged_into = session.get(Contact, contact.merged_into_id)
+        if merged_into is None:
+            break
+        contact = merged_into
+    return contact
+
+
+def merge_family(session: Session, store_id: int, contact_ids: Iterable[int]) -> list[Contact]:
+    """Every contact of the people ``contact_ids`` name: up to the survivors (a merged contact's history
+    continues there) and down to everything merged into them, by id."""
+    found: dict[int, Contact] = {}
+    wanted = set(contact_ids)
+    for _ in range(MAX_MERGE_HOPS):
+        if not wanted:
+            break
+        rows = session.scalars(
+            sa.select(Contact).where(
+                Contact.store_id == store_id,
+                sa.or_(Contact.id.in_(wanted), Contact.merged_into_id.in_(wanted)),
+            )
+        ).all()
+        new = {c.id: c for c in rows if c.id not in found}
+        found.update(new)
+        wanted = {c.id for c in new.values()} | {
+            c.merged_into_id for c in new.values() if c.merged_into_id and c.merged_into_id not in found
+        }
+        wanted -= set(found) - set(new)
+    return sorted(found.values(), key=lambda c: c.id)
+
 
 def normalise_email(value: object) -> str | None:
     if not isinstance(value, str):
