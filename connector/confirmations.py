@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import enum
 
 import sqlalchemy as sa
@@ -70,7 +69,7 @@ def state_of(confirmation: ConsentConfirmation | None) -> Outcome | None:
         return Outcome.UNKNOWN
     if confirmation.confirmed_at is not None:
         return Outcome.ALREADY
-    if _aware(confirmation.expires_at) <= utcnow():
+    if confirmation.expires_at <= utcnow():  # UTC-aware: the column type (store/base.py) makes it so
         return Outcome.EXPIRED
     return None
 
@@ -88,7 +87,3 @@ def _superseded(session: Session, confirmation: ConsentConfirmation) -> bool:
         return False
     latest = session.get(ConsentLedgerEntry, state.ledger_entry_id)
     return latest is not None and latest.status_after == ConsentStatus.UNSUBSCRIBED
-
-
-def _aware(at: dt.datetime) -> dt.datetime:
-    return at if at.tzinfo else at.replace(tzinfo=dt.UTC)

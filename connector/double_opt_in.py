@@ -66,7 +66,7 @@ def request(
     session.flush()
     properties = {
         "channel": pending.channel,
-        "expires_at": confirmation.expires_at.replace(tzinfo=dt.UTC).isoformat(),
+        "expires_at": confirmation.expires_at.isoformat(),
         "unsubscribe_url": preferences.unsubscribe_url(
             session, config.public_url, config.cipher, store_id, contact.id, pending.channel
         ),
