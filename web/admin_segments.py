@@ -1,5 +1,5 @@
-"""Segments over the admin API (``/admin/api/segments``): CRUD, evaluation, daily counts and a streamed CSV of
-members. Marketers and admins only (a segment decides who is marketed to)."""
+"""Segments over the admin API (``/admin/api/segments``): CRUD, evaluation, daily counts, a streamed CSV of
+members and the mirror to each ESP. Marketers and admins only (a segment decides who is marketed to)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,20 @@ def evaluate(segment_id: int) -> Response:
     return jsonify(
         {"segment_id": segment_id, "members": result.members, "entered": result.entered, "exited": result.exited}
     )
+
+
+@bp.put("/<int:segment_id>/mirror/<esp>")
+@requires(*EDITORS)
+def mirror_on(segment_id: int, esp: str) -> Response:
+    """Turn the mirror on (or change its options): the body is the options, ``{}`` for the defaults."""
+    options = {} if not request.get_data() else _body()  # no body at all: the defaults
+    return jsonify(service.set_mirror(get_runtime().db, _store(), segment_id, esp, options))
+
+
+@bp.delete("/<int:segment_id>/mirror/<esp>")
+@requires(*EDITORS)
+def mirror_off(segment_id: int, esp: str) -> Response:
+    return jsonify({"segment": service.remove_mirror(get_runtime().db, _store(), segment_id, esp)})
 
 
 @bp.get("/<int:segment_id>/counts")

@@ -1,4 +1,4 @@
-"""``espbridge segments …``: segment CRUD, evaluation, CSV export and the pre-built segments."""
+"""``espbridge segments …``: segment CRUD, evaluation, CSV export, ESP mirrors and the pre-built segments."""
 
 from __future__ import annotations
 
@@ -150,6 +150,41 @@ def export(ctx: Context, segment_id: int, output: str, store_id: int | None) -> 
             count += 1
     if output != "-":
         click.echo(f"wrote {count} members to {output}")
+
+
+@segments_group.command("mirror")
+@click.argument("segment_id", type=int)
+@click.option("--esp", required=True, help="klaviyo or activecampaign (a connected ESP).")
+@click.option("--list-id", help="Mirror to this existing list (Klaviyo; ActiveCampaign with segment_mirror=lists).")
+@click.option("--tag", help="ActiveCampaign tag name after 'espbridge: ' (segment_mirror=tags; default the name).")
+@click.option("--off", is_flag=True, help="Stop mirroring (what the ESP already has stays there).")
+@store_option
+@json_option
+@pass_context
+def mirror(
+    ctx: Context,
+    segment_id: int,
+    esp: str,
+    list_id: str | None,
+    tag: str | None,
+    off: bool,
+    store_id: int | None,
+    as_json: bool,
+) -> None:
+    """Mirror a segment to an ESP (a list or tag kept in step); turning it on queues its current members."""
+    options = {key: value for key, value in (("list_id", list_id), ("tag", tag)) if value is not None}
+    if off and options:
+        raise click.UsageError("--off takes no --list-id or --tag")
+    data: dict[str, Any]
+    with _store(ctx, store_id) as (db, sid):
+        if off:
+            data = {"segment": service.remove_mirror(db, sid, segment_id, esp), "queued": 0}
+            line = f"segment {segment_id} is not mirrored to {esp}"
+        else:
+            data = service.set_mirror(db, sid, segment_id, esp, options)
+            entry = json.dumps(data["segment"]["mirror"][esp])
+            line = f"segment {segment_id} mirrored to {esp} {entry}; {data['queued']} member(s) queued"
+    emit(data, as_json, [line])
 
 
 @segments_group.command("install-prebuilt")

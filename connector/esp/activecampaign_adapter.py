@@ -598,14 +598,16 @@ class ActiveCampaignAdapter:
         exited: Sequence[Contact],
         *,
         subscribed: Collection[int] = (),
+        list_id: str | None = None,
     ) -> Outcome:
         """Mirror a segment's changes; indexes run over ``entered`` then ``exited``.
 
         ``segment_mirror = "tags"``: the tag ``espbridge: <name>`` (created on first use) is added to those who
-        entered and removed from those who left. ``"lists"``: a list per segment (created on first use); of those
-        who entered, only the contacts whose ids are in ``subscribed`` (the caller knows their email consent) are
-        added with status 1, the others skipped; those who left are unsubscribed from the segment's list. Mirroring
-        never touches the consent list. Contacts not in ActiveCampaign yet are skipped (the profile sync adds them).
+        entered and removed from those who left. ``"lists"``: ``list_id``, else a list per segment (created on
+        first use); of those who entered, only the contacts whose ids are in ``subscribed`` (the caller knows their
+        email consent) are added with status 1, the others skipped; those who left are unsubscribed from the
+        segment's list. Mirroring never touches the consent list. Contacts not in ActiveCampaign yet are skipped
+        (the profile sync adds them).
         """
         start = self.client.requests
         outcome = Outcome()
@@ -623,7 +625,8 @@ class ActiveCampaignAdapter:
                     outcome.skipped[index] = NOT_IN_AC_YET
                     continue
                 if self.segment_mirror == "lists":
-                    self.client.set_list_status(contact_id, self._segment_list(name), 1 if entering else 2)
+                    target = list_id or self._segment_list(name)
+                    self.client.set_list_status(contact_id, target, 1 if entering else 2)
                 elif entering:
                     self.client.add_contact_tag(contact_id, self._segment_tag(name))
                 else:
@@ -640,8 +643,8 @@ class ActiveCampaignAdapter:
         return outcome
 
     def mirror_membership(self, segment: SegmentRef, changes: Sequence[MembershipChange]) -> Outcome:
-        """The sync engine's call: ``mirror_segment`` under the segment's configured tag (or its name), with
-        the outcome's indexes mapped back to ``changes``."""
+        """The sync engine's call: ``mirror_segment`` under the segment's configured tag (or its name) and, in
+        lists mode, its configured ``list_id``, with the outcome's indexes mapped back to ``changes``."""
         entered = [i for i, change in enumerate(changes) if change.member]
         exited = [i for i, change in enumerate(changes) if not change.member]
         inner = self.mirror_segment(
@@ -649,6 +652,7 @@ class ActiveCampaignAdapter:
             [changes[i].contact for i in entered],
             [changes[i].contact for i in exited],
             subscribed={changes[i].contact.id for i in entered if changes[i].subscribed},
+            list_id=None if segment.mirror.get("list_id") is None else str(segment.mirror["list_id"]),
         )
         order = entered + exited
         outcome = Outcome(

@@ -13,8 +13,10 @@ from connector.errors import InvalidInput, NotFound
 from connector.store import Database
 from connector.store.contacts import Contact
 from connector.store.segments import Segment, SegmentCount, SegmentMember
+from connector.sync.queue import queue_segment_members
 
 from .criteria import parse
+from .mirror import checked_esp, checked_mirror
 
 EDITABLE = ("name", "description", "criteria", "marketing")
 #: Members per round trip of the CSV export (a server-side-friendly keyset page, never the whole set in memory).
@@ -63,8 +65,9 @@ def _checked(body: Any, *, partial: bool) -> dict[str, Any]:
     return {key: (value.strip() if key == "name" else value) for key, value in body.items()}
 
 
-def _get(session: Session, store_id: int, segment_id: int) -> Segment:
-    segment = session.scalar(sa.select(Segment).where(Segment.store_id == store_id, Segment.id == segment_id))
+def _get(session: Session, store_id: int, segment_id: int, *, lock: bool = False) -> Segment:
+    query = sa.select(Segment).where(Segment.store_id == store_id, Segment.id == segment_id)
+    segment = session.scalar(query.with_for_update() if lock else query)
     if segment is None:
         raise NotFound(f"segment {segment_id} does not exist in this store")
     return segment
@@ -119,6 +122,39 @@ def delete_segment(db: Database, store_id: int, segment_id: int) -> None:
             table = Segment.metadata.tables[child]
             session.execute(table.delete().where(table.c.segment_id == segment_id, table.c.store_id == store_id))
         session.delete(segment)
+
+
+def set_mirror(db: Database, store_id: int, segment_id: int, esp: str, options: Any) -> dict[str, Any]:
+    """Mirror the segment to ``esp`` with ``options`` (see ``mirror.checked_mirror``); returns the segment and how
+    many members were queued. In the same transaction, every current member is queued for that ESP alone when the
+    mirror is new or its target (list or tag) changed: the other ESPs already have them, and the old target keeps
+    its members (delete it at the ESP if unwanted). ``{}`` on a mirror already on changes nothing (it keeps the
+    list the adapter created rather than making another)."""
+    with db.writer() as session:
+        segment = _get(session, store_id, segment_id, lock=True)  # against the engine storing a created list
+        entry = checked_mirror(session, segment, esp, options)
+        mirror = dict(segment.mirror or {})
+        current = mirror.get(esp)
+        if current is not None and not entry:
+            entry = dict(current)
+        queued = 0
+        if current != entry:
+            segment.mirror = {**mirror, esp: entry}
+            session.flush()
+            queued = queue_segment_members(session, store_id, segment_id, esps=[esp])
+        return {"segment": to_dict(segment), "queued": queued}
+
+
+def remove_mirror(db: Database, store_id: int, segment_id: int, esp: str) -> dict[str, Any]:
+    """Stop mirroring the segment to ``esp`` (a no-op when it was not). Pending items of it are skipped by the
+    sync engine, which reads the mirror when it sends; what the ESP already has stays there."""
+    with db.writer() as session:
+        segment = _get(session, store_id, segment_id, lock=True)
+        checked_esp(esp)  # known, connected or not: a disconnected ESP's mirror may still be turned off
+        if esp in (segment.mirror or {}):
+            segment.mirror = {key: value for key, value in segment.mirror.items() if key != esp}
+            session.flush()
+        return to_dict(segment)
 
 
 def daily_counts(db: Database, store_id: int, segment_id: int) -> list[dict[str, Any]]:

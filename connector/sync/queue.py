@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, cast
 
 import sqlalchemy as sa
@@ -102,21 +102,27 @@ def queue_segment_changes(session: Session, store_id: int, segment_id: int, *, a
     )
 
 
-def queue_segment_members(session: Session, store_id: int, segment_id: int) -> int:
+def queue_segment_members(
+    session: Session, store_id: int, segment_id: int, *, esps: Collection[str] | None = None
+) -> int:
     """Queue every current member of ``segment_id`` for each connected ESP the segment mirrors to (set-based, one
     statement per ESP), unless an item of that contact is already pending: a segment's baseline evaluation records
     no entered changes, yet its members must reach the mirror. The job sends the membership as it is when it runs,
-    so a subject per member is all it needs."""
+    so a subject per member is all it needs. ``esps`` restricts it to those ESPs (a mirror just turned on: the
+    backfill of that ESP only; the others already have the members)."""
     member = cast(sa.Table, SegmentMember.__table__)
     return _queue_segment_contacts(
         session,
         store_id,
         segment_id,
         sa.select(member.c.contact_id).where(member.c.store_id == store_id, member.c.segment_id == segment_id),
+        esps=esps,
     )
 
 
-def _queue_segment_contacts(session: Session, store_id: int, segment_id: int, source: sa.Select[Any]) -> int:
+def _queue_segment_contacts(
+    session: Session, store_id: int, segment_id: int, source: sa.Select[Any], *, esps: Collection[str] | None = None
+) -> int:
     mirror = session.scalar(sa.select(Segment.mirror).where(Segment.store_id == store_id, Segment.id == segment_id))
     connected = set(session.scalars(sa.select(EspConnection.esp).where(EspConnection.store_id == store_id)))
     item = cast(sa.Table, SyncItem.__table__)
@@ -124,7 +130,10 @@ def _queue_segment_contacts(session: Session, store_id: int, segment_id: int, so
     subject = sa.literal(f"{segment_id}:") + sa.cast(found.c.contact_id, sa.String)
     added = 0
     now = utcnow()
-    for esp in sorted(set(mirror or {}) & connected):
+    targets = set(mirror or {}) & connected
+    if esps is not None:
+        targets &= set(esps)
+    for esp in sorted(targets):
         pending = sa.exists().where(
             item.c.store_id == store_id,
             item.c.esp == esp,
