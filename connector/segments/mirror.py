@@ -78,19 +78,21 @@ def _list_id(esp: str, value: Any) -> str:
 
 
 def _unshared(session: Session, segment: Segment, esp: str, entry: dict[str, str]) -> None:
-    """No other segment of the store may mirror to the same list or tag of this ESP."""
-    if not entry:
-        return
+    """No other segment of the store may mirror to the same list or tag of this ESP. ActiveCampaign's tag (or, in
+    lists mode without a ``list_id``, the list it creates) is named ``tag`` or else the segment's name."""
     others = session.execute(
         sa.select(Segment.id, Segment.name, Segment.mirror).where(
             Segment.store_id == segment.store_id, Segment.id != segment.id
         )
     )
+    named = esp == "activecampaign" and "list_id" not in entry
+    mine = (entry.get("tag") or segment.name).lower()
     for other_id, name, mirror in others:
         theirs = (mirror or {}).get(esp)
         if theirs is None:
             continue
         if "list_id" in entry and str(theirs.get("list_id")) == entry["list_id"]:
             raise InvalidInput("list_id", f"segment {other_id} ({name}) already mirrors to this list")
-        if "tag" in entry and str(theirs.get("tag") or name).lower() == entry["tag"].lower():
-            raise InvalidInput("tag", f"segment {other_id} ({name}) already mirrors to this tag")
+        if named and "list_id" not in theirs and str(theirs.get("tag") or name).lower() == mine:
+            field = "tag" if "tag" in entry else "esp"
+            raise InvalidInput(field, f"segment {other_id} ({name}) already mirrors to the tag or list {mine!r}")
