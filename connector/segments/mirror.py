@@ -32,7 +32,7 @@ def checked_esp(esp: str) -> None:
 
 
 def checked_mirror(session: Session, segment: Segment, esp: str, options: Any) -> dict[str, str]:
-    """``options`` as they are stored in ``segment.mirror[esp]``, or InvalidInput naming the field."""
+    """``options`` as they are to be stored in ``segment.mirror[esp]``, or InvalidInput naming the field."""
     checked_esp(esp)
     connection = session.scalar(
         sa.select(EspConnection).where(EspConnection.store_id == segment.store_id, EspConnection.esp == esp)
@@ -41,6 +41,9 @@ def checked_mirror(session: Session, segment: Segment, esp: str, options: Any) -
         raise InvalidInput("esp", f"this store is not connected to {esp} (espbridge esp connect {esp})")
     if not isinstance(options, dict):
         raise InvalidInput("body", "expected a JSON object of mirror options (may be empty)")
+    current = (segment.mirror or {}).get(esp)
+    if not options and current is not None:
+        return dict(current)  # {} on a mirror already on keeps it (and the list the adapter created)
     allowed = OPTIONS[esp]
     if esp == "activecampaign":
         mode = str(connection.settings.get("segment_mirror") or "tags")

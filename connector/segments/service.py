@@ -134,11 +134,8 @@ def set_mirror(db: Database, store_id: int, segment_id: int, esp: str, options: 
         segment = _get(session, store_id, segment_id, lock=True)  # against the engine storing a created list
         entry = checked_mirror(session, segment, esp, options)
         mirror = dict(segment.mirror or {})
-        current = mirror.get(esp)
-        if current is not None and not entry:
-            entry = dict(current)
         queued = 0
-        if current != entry:
+        if mirror.get(esp) != entry:
             segment.mirror = {**mirror, esp: entry}
             session.flush()
             queued = queue_segment_members(session, store_id, segment_id, esps=[esp])

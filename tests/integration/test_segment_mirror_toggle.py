@@ -229,7 +229,12 @@ def test_bad_input_is_a_precise_4xx(
     response = client.put(f"{URL}/{loyal}/mirror/activecampaign", json={"tag": "vip"}, headers=headers)
     assert response.status_code == 400 and response.json["field"] == "tag"  # VIP's default tag
     assert f"segment {vip} (VIP) already mirrors to the tag or list 'vip'" in response.json["error"]
-    response = client.put(f"{URL}/{vip}/mirror/klaviyo", data="nope", headers=headers)
+    # VIP tagged "Gold" frees its name: Loyal may take it, and VIP's "{}" (keep as is) is no clash
+    assert client.put(f"{url}/activecampaign", json={"tag": "Gold"}, headers=headers).status_code == 200
+    assert client.put(f"{URL}/{loyal}/mirror/activecampaign", json={"tag": "VIP"}, headers=headers).status_code == 200
+    kept = client.put(f"{url}/activecampaign", json={}, headers=headers)
+    assert kept.status_code == 200 and kept.json["segment"]["mirror"]["activecampaign"] == {"tag": "Gold"}
+    response = client.put(f"{url}/klaviyo", data="nope", headers=headers)
     assert response.status_code == 400 and response.json["field"] == "body"
 
     # another store: not connected to any ESP, and this store's segments are not found there
@@ -249,8 +254,11 @@ def test_bad_input_is_a_precise_4xx(
     assert client.delete(f"{url}/klaviyo", headers=viewer).status_code == 403
     assert client.put(f"{url}/klaviyo", json={}).status_code == 401
     with db.reader() as session:
-        assert session.get_one(Segment, vip).mirror == {"klaviyo": {"list_id": "SHARED"}, "activecampaign": {}}
-        assert session.get_one(Segment, loyal).mirror == {}  # the refused requests changed nothing
+        assert session.get_one(Segment, vip).mirror == {
+            "klaviyo": {"list_id": "SHARED"},
+            "activecampaign": {"tag": "Gold"},
+        }
+        assert session.get_one(Segment, loyal).mirror == {"activecampaign": {"tag": "VIP"}}  # the 400s changed nothing
 
 
 def test_cli_turns_a_mirror_on_and_off(
