@@ -290,3 +290,20 @@ def test_cli_turns_a_mirror_on_and_off(
     esps.drain(store.id)
     assert ac_tagged(esps) == {"espbridge: All": [ADA, BO]}
     assert klaviyo_lists(esps) == {}  # turned off before it ran: skipped
+
+
+def test_a_mirror_turned_on_before_the_first_evaluation_is_filled_by_it(
+    client: FlaskClient,
+    db: Database,
+    store: NewStore,
+    esps: consent_esps.Esps,
+    people: dict[str, int],
+    headers: dict[str, str],
+) -> None:
+    created = client.post(URL, json={"name": "Later", "criteria": {"email": {"exists": True}}}, headers=headers)
+    later = created.json["id"]
+    assert client.put(f"{URL}/{later}/mirror/klaviyo", json={}, headers=headers).json["queued"] == 0  # no members yet
+    assert client.post(f"{URL}/{later}/evaluate", headers=headers).json["members"] == 2
+    assert sorted(segment_items(db)) == sorted(("klaviyo", f"{later}:{people[e]}", "pending") for e in (ADA, BO))
+    esps.drain(store.id)
+    assert klaviyo_lists(esps) == {"espbridge: Later": [ADA, BO]}
