@@ -32,6 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import lifecycle
+from .settings import Settings
 from .store.base import UTCDateTime, utcnow
 from .store.commerce import Order
 from .store.contacts import Contact
@@ -54,6 +55,18 @@ class RfmConfig:
     fixed_monetary_cents: tuple[int, int, int, int] = (5_000, 10_000, 25_000, 50_000)
     #: A group whose share of the scored population moves by more than this many percentage points alerts.
     drift_alert_pct: float = 10.0
+
+
+def config_from(settings: Settings) -> RfmConfig:
+    """The RFM thresholds of ``settings`` (ESPBRIDGE_RFM_*, validated there)."""
+    return RfmConfig(
+        window_days=settings.rfm_window_days,
+        frequency_thresholds=settings.rfm_frequency_thresholds,
+        min_scored_for_percentiles=settings.rfm_min_scored,
+        fixed_recency_days=settings.rfm_fixed_recency_days,
+        fixed_monetary_cents=settings.rfm_fixed_monetary_cents,
+        drift_alert_pct=settings.rfm_drift_alert_pct,
+    )
 
 
 def _day_start(day: dt.date) -> dt.datetime:
@@ -194,6 +207,7 @@ def run_snapshot(
         f_cuts = [float(v) for v in cfg.frequency_thresholds]
         run = claimed or RfmRun(store_id=store_id, as_of=as_of, started_at=utcnow())
         run.window_days, run.method = cfg.window_days, method
+        run.config = {"rfm": dataclasses.asdict(cfg), "lifecycle": dataclasses.asdict(stages) if stages else None}
         run.cutpoints = {
             "recency_days": {"op": r_op, "cuts": r_cuts},
             "monetary_cents": {"op": m_op, "cuts": m_cuts},
@@ -339,6 +353,7 @@ def run_as_dict(run: RfmRun) -> dict[str, Any]:
         "scored": run.scored,
         "complete": run.complete,
         "cutpoints": run.cutpoints,
+        "config": run.config,
         "group_shares": run.group_shares,
         "drift_alerts": run.drift_alerts,
         "transitions": run.transitions,

@@ -5,26 +5,33 @@ inserts that run (``method`` "scheduled", unfinished) while holding the store's 
 PostgreSQL; SQLite serialises writers), so with several relays exactly one of them claims it; the job then fills
 that very run (``run_snapshot(run_id=…)``). A claimed run that is still unfinished after ``RESEND_AFTER`` (the
 message was lost, the worker died) is claimed again by bumping its ``started_at``, under the same lock.
+
+After the snapshot the job evaluates every existing segment of the store in full: segments on RFM fields,
+lifecycle stages or days since something would otherwise keep yesterday's members.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 
 import sqlalchemy as sa
 
 from . import lifecycle, rfm
 from .rfm import local_yesterday
-from .store import Database
+from .segments import membership
+from .store import Database, utcnow
 from .store.rfm import RfmRun
 from .store.tenancy import Store
+
+log = logging.getLogger(__name__)
 
 SCHEDULED = "scheduled"
 #: Far above the 1M-contact benchmark's run time, so a slow run is never started twice.
 RESEND_AFTER = dt.timedelta(hours=1)
 
 
-def claim_due(db: Database, now: dt.datetime, *, window_days: int = 365) -> list[int]:
+def claim_due(db: Database, now: dt.datetime, *, window_days: int = rfm.RfmConfig.window_days) -> list[int]:
     """Runs to send now: new claims for stores whose local day moved on, and stalled claims."""
     with db.reader() as session:
         stores = session.execute(sa.select(Store.id, Store.timezone)).all()
@@ -74,16 +81,30 @@ def _reclaim(db: Database, run_id: int, now: dt.datetime) -> bool:
         return True
 
 
-def run_claimed(db: Database, run_id: int) -> None:
-    """The nightly job: the claimed snapshot, then lifecycle stages.
-
-    Segments that read RFM or lifecycle fields are re-evaluated by the segments side (not here, so a store that
-    never asked for segments does not get the pre-built ones installed by the schedule)."""
-
+def run_claimed(
+    db: Database, run_id: int, config: rfm.RfmConfig, stages: lifecycle.LifecycleConfig
+) -> list[membership.Evaluation]:
+    """The nightly job: the claimed snapshot, lifecycle stages, then every segment of the store; returns the
+    segments' evaluations (none when the run is unknown or was done by an earlier delivery)."""
     with db.reader() as session:
         run = session.get(RfmRun, run_id)
         if run is None or run.finished_at is not None:
-            return
+            return []
         store_id, as_of = run.store_id, run.as_of
     # Stages from the snapshot's own per-contact aggregate, in its transaction (lifecycle.compute's result).
-    rfm.run_snapshot(db, store_id, as_of, run_id=run_id, stages=lifecycle.LifecycleConfig())
+    rfm.run_snapshot(db, store_id, as_of, config=config, run_id=run_id, stages=stages)
+    return evaluate_segments(db, store_id)
+
+
+def evaluate_segments(db: Database, store_id: int) -> list[membership.Evaluation]:
+    """Every existing segment of the store in full, each in its own transaction. Not ``evaluate_all``: a store
+    that never asked for segments does not get the pre-built ones installed by the schedule. A segment that
+    fails is logged and skipped (the next night tries again); the others are still evaluated."""
+    now = utcnow()
+    done = []
+    for segment_id in membership.segment_ids(db, store_id):
+        try:
+            done.append(membership.evaluate(db, store_id, segment_id, now=now))
+        except Exception:
+            log.exception("nightly evaluation of segment %s in store %s failed", segment_id, store_id)
+    return done

@@ -6,16 +6,51 @@ factory, worker) and passed down explicitly.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+import itertools
+from typing import Annotated, Any, Self
+
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATABASE_URL = "sqlite:///./espbridge.db"
+ENV_PREFIX = "ESPBRIDGE_"
+
+#: Four whole numbers, given as "a,b,c,d" in the environment (not JSON: NoDecode leaves the string to the validator).
+Four = Annotated[tuple[int, int, int, int], NoDecode]
+#: The direction each list of thresholds must run in, strictly (two equal thresholds would leave a score unreachable).
+_ORDER = {
+    "rfm_frequency_thresholds": "ascending",
+    "rfm_fixed_recency_days": "descending",
+    "rfm_fixed_monetary_cents": "ascending",
+}
+
+
+def env_name(field: str) -> str:
+    """The environment variable that sets a Settings field."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class ConfigurationError(ValueError):
+    """Settings that cannot be used; the message names each offending ESPBRIDGE_* variable and why."""
+
+
+def load() -> Settings:
+    """The settings from the environment, or a ConfigurationError naming every invalid variable (startup)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = env_name(str(error["loc"][0])) if error["loc"] else "configuration"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(message if message.startswith(ENV_PREFIX) else f"{name}: {message}")
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
 
 
 class Settings(BaseSettings):
     """Every knob of the service. The README's configuration table lists the same fields."""
 
-    model_config = SettingsConfigDict(env_prefix="ESPBRIDGE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     database_url: str = Field(
         DEFAULT_DATABASE_URL,
@@ -67,6 +102,70 @@ class Settings(BaseSettings):
         7 * 86400.0, gt=0, description="Seconds a double opt-in confirmation link stays valid (7 days)."
     )
     log_level: str = Field("INFO", description="Python logging level.")
+    rfm_window_days: int = Field(
+        365, ge=1, description="RFM frequency and monetary count the completed orders of this many days up to as_of."
+    )
+    rfm_frequency_thresholds: Four = Field(
+        (2, 3, 5, 10),
+        description="Orders in the window from which F scores 2, 3, 4, 5: four ascending whole numbers.",
+    )
+    rfm_min_scored: int = Field(
+        500, ge=1, description="Stores with fewer scored contacts use the fixed R and M thresholds, not percentiles."
+    )
+    rfm_fixed_recency_days: Four = Field(
+        (365, 180, 90, 30),
+        description="Fixed thresholds: R scores 2, 3, 4, 5 at most this many days after the last order (descending).",
+    )
+    rfm_fixed_monetary_cents: Four = Field(
+        (5000, 10000, 25000, 50000),
+        description="Fixed thresholds: M scores 2, 3, 4, 5 from this net revenue in cents (ascending).",
+    )
+    rfm_drift_alert_pct: float = Field(
+        10.0, ge=0, le=100, description="A run alerts when an RFM group's share moved more than this many points."
+    )
+    lifecycle_new_days: int = Field(30, ge=0, description="A customer whose first order is at most this old is new.")
+    lifecycle_at_risk_days: int = Field(
+        45, ge=1, description="A customer with no order for more than this many days is at risk."
+    )
+    lifecycle_churned_days: int = Field(
+        90, ge=1, description="A customer with no order for more than this many days is churned (unless engaged)."
+    )
+    lifecycle_engaged_days: int = Field(
+        30,
+        ge=0,
+        description="Opened or clicked within this many days: engaged (not churned, churn risk halved); 0: off.",
+    )
+
+    @field_validator(*_ORDER, mode="before")
+    @classmethod
+    def _four_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, str):
+            return value
+        name = env_name(str(info.field_name))
+        parts = [p.strip() for p in value.split(",")]
+        if len(parts) != 4 or not all(p.lstrip("-").isdigit() for p in parts):
+            raise ValueError(f"{name} must be four comma-separated whole numbers, e.g. 2,3,5,10 (got {value!r})")
+        return tuple(int(p) for p in parts)
+
+    @field_validator(*_ORDER)
+    @classmethod
+    def _ordered(cls, value: tuple[int, int, int, int], info: ValidationInfo) -> tuple[int, int, int, int]:
+        field = str(info.field_name)
+        order = _ORDER[field]
+        pairs = itertools.pairwise(value)
+        if min(value) < 0 or not all(a < b if order == "ascending" else a > b for a, b in pairs):
+            got = ",".join(str(v) for v in value)
+            raise ValueError(f"{env_name(field)} must be four {order} whole numbers of at least 0 (got {got})")
+        return value
+
+    @model_validator(mode="after")
+    def _churned_after_at_risk(self) -> Self:
+        if self.lifecycle_churned_days <= self.lifecycle_at_risk_days:
+            raise ValueError(
+                f"{env_name('lifecycle_churned_days')} ({self.lifecycle_churned_days}) must exceed "
+                f"{env_name('lifecycle_at_risk_days')} ({self.lifecycle_at_risk_days})"
+            )
+        return self
 
     @property
     def embedded_broker(self) -> bool:

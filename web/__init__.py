@@ -7,7 +7,7 @@ import secrets
 from flask import Flask, current_app
 
 from connector.runtime import Runtime
-from connector.settings import Settings
+from connector.settings import Settings, load
 
 #: Raw (possibly gzipped) body limit; the decoded body is checked against Segment's limits separately.
 MAX_REQUEST_BYTES = 600 * 1024
@@ -15,7 +15,7 @@ MAX_REQUEST_BYTES = 600 * 1024
 
 def create_app(settings: Settings | None = None, *, runtime: Runtime | None = None) -> Flask:
     """Build the app. ``settings`` defaults to the environment; tests pass their own (flaskr's pattern)."""
-    settings = settings or (runtime.settings if runtime else Settings())
+    settings = settings or (runtime.settings if runtime else load())
     app = Flask(__name__)
     secret = settings.secret_key.get_secret_value() if settings.secret_key else secrets.token_hex(32)
     app.config.update(SECRET_KEY=secret, MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES, JSON_SORT_KEYS=False)

@@ -7,12 +7,15 @@ from typing import Any
 
 import click
 
-from connector.settings import Settings
+from connector import settings
 
 
 class Context:
     def __init__(self) -> None:
-        self.settings = Settings()
+        try:
+            self.settings = settings.load()
+        except settings.ConfigurationError as exc:  # "Error: invalid configuration: ESPBRIDGE_…", exit status 1
+            raise click.ClickException(str(exc)) from None
 
 
 pass_context = click.make_pass_decorator(Context, ensure=True)

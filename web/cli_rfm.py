@@ -53,7 +53,10 @@ def rfm_run(ctx: Context, store_id: int | None, as_of: dt.datetime | None, as_js
         with db.reader() as session:
             store = find_store(session, store_id)
         day = as_of.date() if as_of else rfm.local_yesterday(store.timezone)
-        run_id = rfm.run_snapshot(db, store.id, day, stages=lifecycle.LifecycleConfig())
+        settings = ctx.settings
+        run_id = rfm.run_snapshot(
+            db, store.id, day, config=rfm.config_from(settings), stages=lifecycle.config_from(settings)
+        )
         staged = lifecycle.staged(db, store.id)
         run = rfm.get_run(db, store.id, run_id)
     except EspbridgeError as exc:

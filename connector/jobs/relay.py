@@ -118,7 +118,7 @@ class Relay:
         stores = pending_projection(jobs.db)
         for store_id in stores:
             jobs.project_events.send(store_id)
-        for run_id in claim_rfm_due(jobs.db, utcnow()):
+        for run_id in claim_rfm_due(jobs.db, utcnow(), window_days=jobs.settings.rfm_window_days):
             jobs.rfm_nightly.send(run_id)
         return TickReport(
             enqueued=enqueued,

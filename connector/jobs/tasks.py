@@ -20,7 +20,7 @@ from typing import Any
 import dramatiq
 from dramatiq.common import compute_backoff
 
-from .. import rfm_schedule, segments
+from .. import lifecycle, rfm, rfm_schedule, segments
 from ..credentials import CredentialCipher
 from ..double_opt_in import DoubleOptIn
 from ..ingest.projection import project_pending
@@ -69,7 +69,7 @@ class Jobs:
         self.sync_items = self._actor(self._sync_items, "sync_items", max_retries=0, time_limit=3_600_000)
         self.sync_consent = self._actor(self._sync_items, "sync_consent", **urgent, max_retries=0, time_limit=3_600_000)
         self.full_sync = self._actor(self._full_sync, "full_sync", max_retries=0, time_limit=7 * 24 * 3_600_000)
-        # Nightly RFM snapshot + lifecycle per store (claimed by the relay: connector.rfm_schedule).
+        # Nightly RFM snapshot + lifecycle + segments per store (claimed by the relay: connector.rfm_schedule).
         self.rfm_nightly = self._actor(self._rfm_nightly, "rfm_nightly", max_retries=0, time_limit=3_600_000)
         options = self.adapter_options or AdapterOptions(redis_client=getattr(self.broker, "client", None))
         adapters = AdapterCache(CredentialCipher(self.settings.credentials_key), options)
@@ -133,7 +133,7 @@ class Jobs:
             log.exception("segment refresh of %s contacts in store %s failed", len(contacts), store_id)
 
     def _rfm_nightly(self, run_id: int) -> None:
-        rfm_schedule.run_claimed(self.db, run_id)
+        rfm_schedule.run_claimed(self.db, run_id, rfm.config_from(self.settings), lifecycle.config_from(self.settings))
 
     def _sync_items(self, store_id: int, esp: str, item_ids: list[int]) -> None:
         # Failures of the ESP are settled per item inside the engine; an exception here (database down) leaves

@@ -25,6 +25,8 @@ class RfmRun(StoreScoped, Base):
     method: Mapped[str] = mapped_column(sa.String(16))
     #: {"recency": [4 values], "monetary_cents": [4 values], "frequency": [4 thresholds]}
     cutpoints: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: The thresholds the run used: {"rfm": RfmConfig fields, "lifecycle": LifecycleConfig fields or null}.
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     population: Mapped[int] = mapped_column(default=0)
     scored: Mapped[int] = mapped_column(default=0)
     complete: Mapped[bool] = mapped_column(default=False)

@@ -13,6 +13,7 @@ from connector.store.commerce import Order
 from connector.store.contacts import Contact
 from connector.store.db import Database
 from connector.store.rfm import ContactLifecycle
+from connector.store.sync import Engagement
 from connector.tenancy import NewStore
 
 AS_OF = dt.date(2026, 6, 30)
@@ -111,3 +112,96 @@ def test_the_rfm_snapshot_writes_the_same_stages_from_its_own_aggregate(db: Data
     alone = _stages(db, store.id)
     run_snapshot(db, store.id, AS_OF, stages=LifecycleConfig(new_days=5, at_risk_days=200, churned_days=300))
     assert _stages(db, store.id) == alone
+
+
+def _end_of_as_of() -> dt.datetime:
+    return dt.datetime.combine(AS_OF + dt.timedelta(days=1), dt.time(0), dt.UTC)
+
+
+#: name -> (days ago of each completed order, engagement as (kind, occurred_at), expected stage and churn risk)
+ENGAGED: dict[str, tuple[list[int], list[tuple[str, dt.datetime]], str, str]] = {
+    # Churned by orders, but opened an email 3 days ago: at risk (still reading), risk 1 halved.
+    "reading": ([100, 150], [("opened", _end_of_as_of() - dt.timedelta(days=3))], "at_risk", "0.500"),
+    # At risk by orders, clicked (and opened: still one row) on the last second of as_of: risk 60 / 90 halved.
+    "clicker": (
+        [60],
+        [("clicked", _end_of_as_of() - dt.timedelta(seconds=1)), ("opened", _end_of_as_of() - dt.timedelta(days=1))],
+        "at_risk",
+        "0.333",
+    ),
+    # The window's first instant, 30 days before the end of as_of, counts: 10 / 90 halved.
+    "edge": ([10], [("opened", _end_of_as_of() - dt.timedelta(days=30))], "new", "0.056"),
+    # Not engaged: an open just before the window, one after as_of, deliveries and bounces are no engagement.
+    "lapsed": (
+        [100],
+        [
+            ("opened", _end_of_as_of() - dt.timedelta(days=30, seconds=1)),
+            ("clicked", _end_of_as_of()),
+            ("delivered", _end_of_as_of() - dt.timedelta(days=1)),
+            ("bounced", _end_of_as_of() - dt.timedelta(days=1)),
+        ],
+        "churned",
+        "1.000",
+    ),
+}
+
+
+def _seed_engaged(db: Database, store_id: int, other_store_id: int) -> dict[str, int]:
+    ids = {}
+    with db.writer() as session:
+        for name, (days, engagement, _, _) in ENGAGED.items():
+            contact = Contact(store_id=store_id, email=f"{name}@example.com")
+            session.add(contact)
+            session.flush()
+            ids[name] = contact.id
+            for k, ago in enumerate(days):
+                at = dt.datetime.combine(AS_OF - dt.timedelta(days=ago), dt.time(12), dt.UTC)
+                session.add(
+                    Order(store_id=store_id, order_id=f"{name}-{k}", contact_id=contact.id, placed_at=at, total_cents=1)
+                )
+            for k, (kind, at) in enumerate(engagement):
+                session.add(
+                    Engagement(
+                        store_id=store_id,
+                        esp="klaviyo",
+                        esp_event_id=f"{name}-{k}",
+                        kind=kind,
+                        contact_id=contact.id,
+                        occurred_at=at,
+                    )
+                )
+            # Another store's engagement row never counts for this store's contact.
+            session.add(
+                Engagement(
+                    store_id=other_store_id,
+                    esp="klaviyo",
+                    esp_event_id=f"{name}-other",
+                    kind="opened",
+                    contact_id=contact.id,
+                    occurred_at=_end_of_as_of() - dt.timedelta(days=1),
+                )
+            )
+    return ids
+
+
+def test_engagement_keeps_readers_out_of_churned_and_halves_their_risk(
+    db: Database, store: NewStore, other_store: NewStore
+) -> None:
+    ids = _seed_engaged(db, store.id, other_store.id)
+    expected = {ids[name]: (stage, Decimal(risk)) for name, (_, _, stage, risk) in ENGAGED.items()}
+    assert compute(db, store.id, AS_OF) == len(ENGAGED)
+    assert _stages(db, store.id) == expected
+    # The snapshot's path writes the same from its own aggregate.
+    run_snapshot(db, store.id, AS_OF, stages=LifecycleConfig())
+    assert _stages(db, store.id) == expected
+    # A shorter window leaves only the clicker engaged; 0 days turns engagement off.
+    compute(db, store.id, AS_OF, config=LifecycleConfig(engaged_days=2))
+    assert {name: _stages(db, store.id)[cid][0] for name, cid in ids.items()} == {
+        "reading": "churned",
+        "clicker": "at_risk",
+        "edge": "new",
+        "lapsed": "churned",
+    }
+    assert _stages(db, store.id)[ids["edge"]][1] == Decimal("0.111")
+    run_snapshot(db, store.id, AS_OF, stages=LifecycleConfig(engaged_days=0))
+    assert _stages(db, store.id)[ids["clicker"]] == ("at_risk", Decimal("0.667"))

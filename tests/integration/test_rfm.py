@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import random
@@ -12,7 +13,9 @@ import numpy as np
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
+from connector import lifecycle, rfm
 from connector.rfm import RfmConfig, local_yesterday, run_snapshot
+from connector.settings import Settings
 from connector.store.commerce import Order
 from connector.store.contacts import Contact
 from connector.store.db import Database
@@ -67,8 +70,11 @@ def _seed(db: Database, store_id: int, n: int, seed: int = 7) -> None:
         session.execute(sa.insert(Order), rows)
 
 
-def _reference(db: Database, store_id: int, percentiles: bool) -> dict[int, tuple[int, int, int, int, int, str]]:
-    """Recomputed in Python from the raw orders, cut-points from numpy.percentile."""
+def _reference(
+    db: Database, store_id: int, percentiles: bool, cfg: RfmConfig | None = None
+) -> dict[int, tuple[int, int, int, int, int, str]]:
+    """Recomputed in Python from the raw orders, cut-points from numpy.percentile; window and thresholds from cfg."""
+    cfg = cfg or RfmConfig()
     with db.reader() as session:
         orders = session.execute(
             sa.select(Order.contact_id, Order.status, Order.revenue_cents, Order.refunded_cents, Order.placed_at).where(
@@ -83,7 +89,7 @@ def _reference(db: Database, store_id: int, percentiles: bool) -> dict[int, tupl
             per.setdefault(contact_id, []).append((day, max(revenue - refunded, 0)))
     values = {}
     for cid, items in per.items():
-        window = [(d, v) for d, v in items if d > AS_OF - dt.timedelta(days=365)]
+        window = [(d, v) for d, v in items if d > AS_OF - dt.timedelta(days=cfg.window_days)]
         values[cid] = ((AS_OF - max(d for d, _ in items)).days, len(window), sum(v for _, v in window))
     rec = np.array([v[0] for v in values.values()])
     mon = np.array([v[2] for v in values.values()])
@@ -96,9 +102,9 @@ def _reference(db: Database, store_id: int, percentiles: bool) -> dict[int, tupl
             r = 1 + int(sum(recency < c for c in r_cuts))
             m = 1 + int(sum(money > c for c in m_cuts))
         else:
-            r = 1 + sum(recency <= c for c in (365, 180, 90, 30))
-            m = 1 + sum(money >= c for c in (5000, 10000, 25000, 50000))
-        f = 1 + sum(freq >= c for c in (2, 3, 5, 10))
+            r = 1 + sum(recency <= c for c in cfg.fixed_recency_days)
+            m = 1 + sum(money >= c for c in cfg.fixed_monetary_cents)
+        f = 1 + sum(freq >= c for c in cfg.frequency_thresholds)
         comp = 4 * r + 3 * f + 3 * m
         out[cid] = (r, f, m, comp, money, next(name for low, name in GROUPS if comp >= low))
     return out
@@ -192,6 +198,39 @@ def test_small_store_uses_fixed_thresholds(db: Database, store: NewStore) -> Non
     assert _scores(db, store.id, run_id) == _reference(db, store.id, percentiles=False)
 
 
+def test_thresholds_from_settings_change_the_scores_and_the_run_records_them(db: Database, store: NewStore) -> None:
+    _seed(db, store.id, 120)
+    settings = Settings(
+        rfm_window_days=90,
+        rfm_frequency_thresholds=(1, 2, 3, 4),
+        rfm_fixed_recency_days=(200, 100, 50, 10),
+        rfm_fixed_monetary_cents=(1000, 2000, 3000, 4000),
+    )
+    cfg = rfm.config_from(settings)
+    run_id = run_snapshot(db, store.id, AS_OF, config=cfg, stages=lifecycle.config_from(settings))
+    expected = _reference(db, store.id, percentiles=False, cfg=cfg)
+    assert _scores(db, store.id, run_id) == expected != _reference(db, store.id, percentiles=False)
+    run = rfm.get_run(db, store.id, run_id)
+    assert run is not None and run["window_days"] == 90
+    assert run["cutpoints"]["frequency"]["cuts"] == [1, 2, 3, 4]
+    assert run["config"] == {
+        "rfm": {
+            "window_days": 90,
+            "frequency_thresholds": [1, 2, 3, 4],
+            "min_scored_for_percentiles": 500,
+            "fixed_recency_days": [200, 100, 50, 10],
+            "fixed_monetary_cents": [1000, 2000, 3000, 4000],
+            "drift_alert_pct": 10.0,
+        },
+        "lifecycle": {"new_days": 30, "at_risk_days": 45, "churned_days": 90, "engaged_days": 30},
+    }
+    # The small-store bound: the store's ~100 scored contacts are enough for percentiles once it is lowered.
+    lowered = rfm.config_from(Settings(rfm_min_scored=50))
+    again = run_snapshot(db, store.id, AS_OF, config=lowered)
+    assert _scores(db, store.id, again) == _reference(db, store.id, percentiles=True)
+    assert (rfm.get_run(db, store.id, again) or {})["method"] == "percentiles"
+
+
 def test_merged_and_erased_contacts_are_not_scored(db: Database, store: NewStore) -> None:
     _seed(db, store.id, 50)
     with db.writer() as session:
@@ -244,6 +283,20 @@ def test_cli_rfm_run_and_runs(db: Database, store: NewStore, database_url: str, 
     # Default as_of: yesterday in the store's timezone (Europe/Berlin).
     result = CliRunner().invoke(main, ["rfm", "run", "--json"], catch_exceptions=False)
     assert json.loads(result.output)["as_of"] == local_yesterday("Europe/Berlin").isoformat()
+    # The thresholds come from the settings: the ~50 scored contacts take percentiles with a bound below them.
+    assert run["method"] == "fixed" and run["config"]["rfm"] == dataclasses.asdict(RfmConfig()) | {
+        "frequency_thresholds": [2, 3, 5, 10],
+        "fixed_recency_days": [365, 180, 90, 30],
+        "fixed_monetary_cents": [5000, 10000, 25000, 50000],
+    }
+    monkeypatch.setenv("ESPBRIDGE_RFM_MIN_SCORED", "20")
+    monkeypatch.setenv("ESPBRIDGE_RFM_FREQUENCY_THRESHOLDS", "1,2,3,4")
+    monkeypatch.setenv("ESPBRIDGE_LIFECYCLE_NEW_DAYS", "400")
+    args = ["rfm", "run", "--as-of", AS_OF.isoformat(), "--json"]
+    tuned = json.loads(CliRunner().invoke(main, args, catch_exceptions=False).output)
+    assert tuned["method"] == "percentiles" and tuned["cutpoints"]["frequency"]["cuts"] == [1, 2, 3, 4]
+    assert tuned["config"]["rfm"]["min_scored_for_percentiles"] == 20
+    assert tuned["config"]["lifecycle"]["new_days"] == 400
 
 
 def _body(response: Any) -> Any:
