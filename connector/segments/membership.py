@@ -265,6 +265,7 @@ SEGMENT_TOPICS = frozenset(
         Topic.CART_CHANGED,
         Topic.CART_ABANDONED,
         Topic.WAITLIST_CHANGED,
+        Topic.ENGAGEMENT_RECORDED,
     }
 )
 
@@ -274,7 +275,7 @@ def contacts_of(session: Session, store_id: int, topic: str, subject_id: str, pa
     if topic not in SEGMENT_TOPICS or not subject_id.isdigit():
         return set()
     subject = int(subject_id)
-    if topic in (Topic.CONTACT_UPSERT, Topic.CONSENT_CHANGED):
+    if topic in (Topic.CONTACT_UPSERT, Topic.CONSENT_CHANGED, Topic.ENGAGEMENT_RECORDED):
         return {subject}
     if topic == Topic.CONTACT_MERGED:
         into = payload.get("into")
