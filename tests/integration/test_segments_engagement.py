@@ -13,12 +13,14 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from connector.credentials import CredentialCipher, new_key
+from connector.engagement import SEGMENT_KINDS
 from connector.esp import connections
 from connector.outbox import Topic
 from connector.runtime import Runtime
 from connector.sandbox import ActiveCampaignSandbox, KlaviyoSandbox, SandboxServer
 from connector.sandbox.activecampaign import DEFAULT_ACTID, DEFAULT_API_TOKEN, DEFAULT_EVENT_KEY
 from connector.sandbox.klaviyo import DEFAULT_API_KEY
+from connector.segments.criteria import OTHER_FIELDS
 from connector.settings import Settings
 from connector.store import Database, Engagement, Identity, OutboxRow, OutboxStatus, SyncItem, SyncItemStatus
 from connector.tenancy import NewStore
@@ -183,3 +185,9 @@ def test_an_open_reported_by_webhook_moves_the_contact_into_an_opened_segment_an
     assert [r.subject_id for r in rows] == [str(ann), str(bo)]
     assert _sync_item_ids(db, store.id) == before_items
     assert _requests(esps) == before_requests
+
+
+def test_the_engagement_kinds_that_move_segments_are_the_ones_criteria_read() -> None:
+    # A new ``engagement.<kind>_within_days`` field must also make that kind re-evaluate segments on arrival.
+    fields = [name for name in OTHER_FIELDS if name.startswith("engagement.")]
+    assert {name.removeprefix("engagement.").removesuffix("_within_days") for name in fields} == set(SEGMENT_KINDS)
