@@ -21,6 +21,11 @@ is still recorded, with ``contact_id`` NULL and the ESP's profile id in ``detail
 writes no ledger entry, since the ledger is per contact. When the same event is reported again with a person
 espbridge can resolve (a poll's included profile email, an esp_links row made since), the row is attached to that
 contact and its ledger entry written then: still at most one per event.
+
+Segments filter on opens and clicks (``engagement.*_within_days``): a row of those kinds recorded for a contact, or
+attached to one later, writes an ``engagement.recorded`` outbox row for the contact in the same transaction, so the
+incremental segment path re-evaluates the contact after commit (a crash loses nothing). Pending rows coalesce per
+contact; the topic is never sent back to an ESP (connector.sync.queue.fan_out has no sync kind for it).
 """
 
 from __future__ import annotations
@@ -34,9 +39,13 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import consent
+from . import consent, outbox
 from .identity import normalise_email, survivor
 from .store import Channel, ConsentStatus, Contact, Engagement, EngagementKind, EspLink, Identity, IdentityKind
+
+#: The kinds segment criteria read (``engagement.<kind>_within_days``, connector/segments/criteria.py): only they
+#: re-evaluate segments. Sends and deliveries, most of a campaign's reports, move no segment.
+SEGMENT_KINDS = frozenset({EngagementKind.OPENED, EngagementKind.CLICKED})
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,8 @@ def record(session: Session, store_id: int, reports: Iterable[EngagementReport],
                     )
                 )
                 session.flush()
+                if contact is not None:
+                    _segments_changed(session, store_id, contact.id, report)
                 if action is not None and contact is not None:
                     _ledger(session, store_id, contact, report, action, method)
         except IntegrityError:
@@ -162,9 +173,15 @@ def _link(
     )
     if linked is None:
         return False, False  # a concurrent report attached it first
+    _segments_changed(session, store_id, contact.id, report)
     if action is not None:
         _ledger(session, store_id, contact, report, action, method)
     return True, action is not None
+
+
+def _segments_changed(session: Session, store_id: int, contact_id: int, report: EngagementReport) -> None:
+    if report.kind in SEGMENT_KINDS:
+        outbox.add(session, store_id, outbox.Topic.ENGAGEMENT_RECORDED, contact_id)
 
 
 def _ledger(

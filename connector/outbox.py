@@ -22,10 +22,21 @@ class Topic:
     CART_ABANDONED = "cart.abandoned"
     WAITLIST_CHANGED = "waitlist.changed"
     CATALOG_RESTOCKED = "catalog.restocked"
+    # Subject: a contact id. Local only: the ESPs reported the engagement, so it is never sent back to them (no
+    # sync kind in connector.sync.queue.TOPIC_KINDS); it exists so segments filtering on engagement move at once.
+    ENGAGEMENT_RECORDED = "engagement.recorded"
 
 
 #: Topics whose pending rows coalesce: the job sends the subject's current state, so one pending row is enough.
-COALESCING_TOPICS = frozenset({Topic.CONTACT_UPSERT, Topic.CART_CHANGED, Topic.CART_ABANDONED, Topic.ORDER_CHANGED})
+COALESCING_TOPICS = frozenset(
+    {
+        Topic.CONTACT_UPSERT,
+        Topic.CART_CHANGED,
+        Topic.CART_ABANDONED,
+        Topic.ORDER_CHANGED,
+        Topic.ENGAGEMENT_RECORDED,  # a campaign's opens and clicks: one pending row per contact re-evaluates them all
+    }
+)
 
 
 def add(

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -28,6 +29,7 @@ from connector.store.contacts import Contact
 from connector.store.db import bulk_work_mem
 from connector.store.events import Event
 from connector.store.segments import Segment, SegmentChange, SegmentCount, SegmentMember
+from connector.store.tenancy import Store
 from connector.sync.queue import queue_segment_changes, queue_segment_members
 
 from .compile import compile_criteria
@@ -182,8 +184,9 @@ def _first_fill(session: Session, segment: Segment, now: dt.datetime) -> Evaluat
 def _record_count(session: Session, segment: Segment, count: int, now: dt.datetime) -> None:
     segment.member_count = count
     segment.evaluated_at = now
-    # The last evaluation of the day wins (store-local days would need the store's timezone; UTC for now).
-    day = now.date()
+    # The last evaluation of the store's local day wins. The store row is loaded once per session (identity map),
+    # so the chunks of one evaluation share the lookup.
+    day = now.astimezone(ZoneInfo(session.get_one(Store, segment.store_id).timezone)).date()
     daily = session.get(SegmentCount, (segment.id, day))
     if daily is None:
         session.add(SegmentCount(store_id=segment.store_id, segment_id=segment.id, day=day, members=count))
@@ -262,6 +265,7 @@ SEGMENT_TOPICS = frozenset(
         Topic.CART_CHANGED,
         Topic.CART_ABANDONED,
         Topic.WAITLIST_CHANGED,
+        Topic.ENGAGEMENT_RECORDED,
     }
 )
 
@@ -271,7 +275,7 @@ def contacts_of(session: Session, store_id: int, topic: str, subject_id: str, pa
     if topic not in SEGMENT_TOPICS or not subject_id.isdigit():
         return set()
     subject = int(subject_id)
-    if topic in (Topic.CONTACT_UPSERT, Topic.CONSENT_CHANGED):
+    if topic in (Topic.CONTACT_UPSERT, Topic.CONSENT_CHANGED, Topic.ENGAGEMENT_RECORDED):
         return {subject}
     if topic == Topic.CONTACT_MERGED:
         into = payload.get("into")

@@ -19,7 +19,7 @@ from connector.store.events import Event
 from connector.store.rfm import ContactLifecycle, RfmRun, RfmScore
 from connector.store.segments import Segment, SegmentChange, SegmentCount, SegmentMember
 from connector.store.sync import Engagement
-from connector.tenancy import NewStore
+from connector.tenancy import NewStore, create_store
 
 NOW = dt.datetime(2026, 6, 30, 12, tzinfo=dt.UTC)
 
@@ -404,6 +404,30 @@ def test_membership_diff_changes_and_daily_counts(world: World, db: Database) ->
         counts = {day: members for day, members in rows}
         assert counts == {NOW.date(): 4, NOW.date() + dt.timedelta(days=1): 3}
         assert s.get_one(Segment, seg).member_count == 3
+
+
+@pytest.mark.parametrize(
+    ("timezone", "at", "local_day"),
+    [
+        # 11:00 UTC on 30 June is 01:00 on 1 July at UTC+14.
+        ("Pacific/Kiritimati", dt.datetime(2026, 6, 30, 11, tzinfo=dt.UTC), dt.date(2026, 7, 1)),
+        # 05:00 UTC on 1 July is 19:00 on 30 June at UTC-10.
+        ("Pacific/Honolulu", dt.datetime(2026, 7, 1, 5, tzinfo=dt.UTC), dt.date(2026, 6, 30)),
+    ],
+)
+def test_daily_counts_are_kept_per_local_day_of_the_store(
+    db: Database, timezone: str, at: dt.datetime, local_day: dt.date
+) -> None:
+    with db.writer() as s:
+        store_id = create_store(s, "Far away", timezone).id
+    world = World(db, store_id)
+    world.contact("ann")
+    seg = _segment(db, store_id, "Never ordered", {"orders.count": 0})
+    evaluate(db, store_id, seg, now=at)  # in full (the baseline), then for one contact: both count on the local day
+    evaluate(db, store_id, seg, contact_ids=[world.ids["ann"]], now=at + dt.timedelta(minutes=1))
+    with db.reader() as s:
+        rows = s.execute(sa.select(SegmentCount.day, SegmentCount.members).where(SegmentCount.segment_id == seg))
+        assert {day: members for day, members in rows} == {local_day: 1}
 
 
 def test_prebuilt_segments(world: World, db: Database) -> None:
