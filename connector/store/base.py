@@ -56,3 +56,16 @@ class StoreScoped:
     """Mixin for every tenant-owned table: the store id is part of every query against it."""
 
     store_id: Mapped[int] = mapped_column(sa.ForeignKey("stores.id", ondelete="CASCADE"), index=True)
+
+
+class Derived:
+    """Mixin for rows computed in bulk from other tables (RFM scores, lifecycle stages, segment members): scoped to
+    a store like every table, but without foreign keys.
+
+    Each is written only by an INSERT … SELECT over the store's own contacts (and the run or segment row created
+    in the same transaction) and removed by the code that removes its parent (contacts are never deleted; a
+    segment's delete removes its members first), so every reference is right by construction. A foreign key would
+    check it again per row: on the 1M-contact benchmark, the checks took as long as the inserts themselves (12.7 s
+    of triggers beside 12.6 s of insert for 880k scores, EXPLAIN ANALYZE)."""
+
+    store_id: Mapped[int]

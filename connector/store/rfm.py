@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, BigId, StoreScoped, utcnow
+from .base import Base, BigId, Derived, StoreScoped, utcnow
 
 
 class RfmRun(StoreScoped, Base):
@@ -38,12 +38,13 @@ class RfmRun(StoreScoped, Base):
     finished_at: Mapped[dt.datetime | None]
 
 
-class RfmScore(StoreScoped, Base):
-    __tablename__ = "rfm_scores"
-    __table_args__ = (sa.Index(None, "store_id", "contact_id"),)
+class RfmScore(Derived, Base):
+    """A contact's scores in one run (read by run: the primary key is the only index)."""
 
-    run_id: Mapped[int] = mapped_column(sa.ForeignKey("rfm_runs.id", ondelete="CASCADE"), primary_key=True)
-    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    __tablename__ = "rfm_scores"
+
+    run_id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(primary_key=True)
     recency_days: Mapped[int]
     frequency: Mapped[int]
     monetary_cents: Mapped[int] = mapped_column(sa.BigInteger)
@@ -66,12 +67,13 @@ class RfmTransition(StoreScoped, Base):
     to_group: Mapped[str | None] = mapped_column(sa.String(16))
 
 
-class ContactLifecycle(StoreScoped, Base):
+class ContactLifecycle(Derived, Base):
     """A contact's lifecycle stage and churn risk as last computed."""
 
     __tablename__ = "contact_lifecycle"
+    __table_args__ = (sa.Index(None, "store_id"),)
 
-    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    contact_id: Mapped[int] = mapped_column(primary_key=True)
     stage: Mapped[str] = mapped_column(sa.String(16))  # new | active | at_risk | churned | reactivated
     churn_risk: Mapped[Decimal] = mapped_column(sa.Numeric(4, 3))
     computed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

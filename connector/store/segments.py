@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .base import Base, BigId, StoreScoped, utcnow
+from .base import Base, BigId, Derived, StoreScoped, utcnow
 
 
 class Segment(StoreScoped, Base):
@@ -30,12 +30,13 @@ class Segment(StoreScoped, Base):
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
-class SegmentMember(StoreScoped, Base):
-    __tablename__ = "segment_members"
-    __table_args__ = (sa.Index(None, "store_id", "contact_id"),)
+class SegmentMember(Derived, Base):
+    """A contact in a segment (read by segment: the primary key is the only index)."""
 
-    segment_id: Mapped[int] = mapped_column(sa.ForeignKey("segments.id", ondelete="CASCADE"), primary_key=True)
-    contact_id: Mapped[int] = mapped_column(sa.ForeignKey("contacts.id", ondelete="CASCADE"), primary_key=True)
+    __tablename__ = "segment_members"
+
+    segment_id: Mapped[int] = mapped_column(primary_key=True)
+    contact_id: Mapped[int] = mapped_column(primary_key=True)
     entered_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

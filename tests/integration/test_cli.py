@@ -32,7 +32,7 @@ def test_help_lists_every_command() -> None:
 
 
 def test_migrate_reports_the_head_revision(cli: CliRunner) -> None:
-    assert json.loads(run(cli, "migrate", "--json"))["revision"] == "0007"
+    assert json.loads(run(cli, "migrate", "--json"))["revision"] == "0008"
 
 
 def test_stores_create_prints_id_and_write_key_once(cli: CliRunner, db: Database) -> None:
