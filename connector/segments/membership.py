@@ -7,6 +7,10 @@ members. Restricted to ``contact_ids`` it is the incremental path (a contact's o
 The first full evaluation of a segment is its baseline: members are written, no entered changes are recorded
 (flows triggered by entering a segment fire for people who enter after it exists, not for everyone already in
 it), and a mirrored segment queues one sync item per member so the ESP list still gets them (``_first_fill``).
+Until then the incremental path leaves the segment alone: entered changes recorded for the few contacts that
+happened to change before the baseline would make the baseline's "nobody entered" untrue for them, and a later
+full evaluation of a segment whose first evaluations were incremental would record everyone else as entered.
+Creating a segment (``service.create_segment``) evaluates it at once.
 """
 
 from __future__ import annotations
@@ -116,7 +120,9 @@ def _evaluate_in(session: Session, segment: Segment, contact_ids: Sequence[int] 
                 sa.literal(segment_id),
                 _scratch.c.contact_id,
                 sa.literal(now, member.c.entered_at.type),
-            ).where(sa.not_(is_member)),
+            )
+            .where(sa.not_(is_member))
+            .order_by(_scratch.c.contact_id),
         )
     )
     session.execute(_scratch.delete())
@@ -155,7 +161,7 @@ def _first_fill(session: Session, segment: Segment, now: dt.datetime) -> Evaluat
             ["store_id", "segment_id", "contact_id", "entered_at"],
             sa.select(
                 sa.literal(store_id), sa.literal(segment_id), matching.c.id, sa.literal(now, member.c.entered_at.type)
-            ),
+            ).order_by(matching.c.id),  # in key order, as the RFM scores (connector.rfm)
         )
     )
     if not baseline:
@@ -223,7 +229,9 @@ def evaluate(
         if contact_ids is None:
             bulk_work_mem(session)  # a whole-store select: group-bys over every order, without spilling to disk
             return _evaluate_in(session, segment, None, now)
-        totals = Evaluation(segment_id, 0, 0, 0)
+        totals = Evaluation(segment_id, segment.member_count, 0, 0)
+        if segment.evaluated_at is None:
+            return totals  # no baseline yet: its first full evaluation records who is in (see the module's doc)
         ids = sorted(set(contact_ids))
         for start in range(0, len(ids), CHUNK):
             part = _evaluate_in(session, segment, ids[start : start + CHUNK], now)

@@ -16,6 +16,7 @@ from connector.store.segments import Segment, SegmentCount, SegmentMember
 from connector.sync.queue import queue_segment_members
 
 from .criteria import parse
+from .membership import evaluate
 from .mirror import checked_esp, checked_mirror
 
 EDITABLE = ("name", "description", "criteria", "marketing")
@@ -93,13 +94,17 @@ def get_segment(db: Database, store_id: int, segment_id: int) -> dict[str, Any]:
 
 
 def create_segment(db: Database, store_id: int, body: Any) -> dict[str, Any]:
+    """Create a segment and evaluate it in full: its baseline (members, no entered changes), after which every
+    change is recorded (the incremental path leaves segments without one alone; see ``membership``)."""
     fields = _checked(body, partial=False)
     with db.writer() as session:
         _name_free(session, store_id, fields["name"])
         segment = Segment(store_id=store_id, **fields)
         session.add(segment)
         session.flush()
-        return to_dict(segment)
+        segment_id = segment.id
+    evaluate(db, store_id, segment_id)
+    return get_segment(db, store_id, segment_id)
 
 
 def update_segment(db: Database, store_id: int, segment_id: int, body: Any) -> dict[str, Any]:

@@ -292,7 +292,7 @@ def test_cli_turns_a_mirror_on_and_off(
     assert klaviyo_lists(esps) == {}  # turned off before it ran: skipped
 
 
-def test_a_mirror_turned_on_before_the_first_evaluation_is_filled_by_it(
+def test_a_segment_created_through_the_api_has_members_a_new_mirror_gets(
     client: FlaskClient,
     db: Database,
     store: NewStore,
@@ -302,8 +302,8 @@ def test_a_mirror_turned_on_before_the_first_evaluation_is_filled_by_it(
 ) -> None:
     created = client.post(URL, json={"name": "Later", "criteria": {"email": {"exists": True}}}, headers=headers)
     later = created.json["id"]
-    assert client.put(f"{URL}/{later}/mirror/klaviyo", json={}, headers=headers).json["queued"] == 0  # no members yet
-    assert client.post(f"{URL}/{later}/evaluate", headers=headers).json["members"] == 2
+    assert created.json["member_count"] == 2  # evaluated at creation: its baseline
+    assert client.put(f"{URL}/{later}/mirror/klaviyo", json={}, headers=headers).json["queued"] == 2
     assert sorted(segment_items(db)) == sorted(("klaviyo", f"{later}:{people[e]}", "pending") for e in (ADA, BO))
     esps.drain(store.id)
     assert klaviyo_lists(esps) == {"espbridge: Later": [ADA, BO]}

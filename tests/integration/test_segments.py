@@ -406,6 +406,22 @@ def test_membership_diff_changes_and_daily_counts(world: World, db: Database) ->
         assert s.get_one(Segment, seg).member_count == 3
 
 
+def test_the_incremental_path_waits_for_a_segments_baseline(world: World, db: Database) -> None:
+    seg = _segment(db, world.store_id, "Buyers", {"orders.count": {"gte": 1}})
+    ids = world.ids
+    # Never evaluated in full: a change to one contact records nothing (it would be an "entered" that the baseline
+    # then leaves everyone else without).
+    early = evaluate(db, world.store_id, seg, contact_ids=[ids["ann"]], now=NOW)
+    assert (early.members, early.entered, early.exited) == (0, 0, 0)
+    assert _members(db, seg) == set() and _changes(db, seg) == []
+    baseline = evaluate(db, world.store_id, seg, now=NOW)
+    assert (baseline.members, baseline.entered) == (3, 0)
+    world.order("dee", 0, 100)
+    later = evaluate(db, world.store_id, seg, contact_ids=[ids["dee"]], now=NOW)
+    assert (later.members, later.entered) == (4, 1)
+    assert _changes(db, seg) == [(ids["dee"], "entered")]
+
+
 @pytest.mark.parametrize(
     ("timezone", "at", "local_day"),
     [

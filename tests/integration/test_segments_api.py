@@ -10,12 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 
 from connector.store.commerce import Order
 from connector.store.contacts import Contact
 from connector.store.db import Database
+from connector.store.segments import SegmentChange
 from connector.tenancy import NewStore
 from web.cli import main
 
@@ -53,11 +55,13 @@ def test_crud_evaluate_counts_and_csv(
     created = client.post(URL, json={"name": "Buyers", "criteria": {"orders.count": {"gte": 1}}}, headers=headers)
     assert created.status_code == 201, created.json
     seg = created.json
-    assert seg["marketing"] is True and seg["member_count"] == 0
+    # Evaluated at creation: the baseline, members but no entered changes.
+    assert seg["marketing"] is True and seg["member_count"] == 5 and seg["evaluated_at"] is not None
     assert [s["name"] for s in client.get(URL, headers=headers).json["segments"]] == ["Buyers"]
+    with db.reader() as s:
+        assert s.scalar(sa.select(sa.func.count()).select_from(SegmentChange)) == 0
 
     evaluated = client.post(f"{URL}/{seg['id']}/evaluate", headers=headers)
-    # The first evaluation is the baseline: members, no entered changes.
     assert evaluated.json == {"segment_id": seg["id"], "members": 5, "entered": 0, "exited": 0}
     assert client.get(f"{URL}/{seg['id']}", headers=headers).json["member_count"] == 5
     counts = client.get(f"{URL}/{seg['id']}/counts", headers=headers).json["counts"]

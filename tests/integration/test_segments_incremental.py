@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from flask.testing import FlaskClient
 
 from connector.runtime import Runtime
+from connector.segments import evaluate
 from connector.store.contacts import Contact
 from connector.store.db import Database
 from connector.store.segments import Segment, SegmentChange, SegmentMember
@@ -21,11 +22,14 @@ LATENCY_BUDGET = 10.0
 
 
 def _segment(db: Database, store_id: int, name: str, criteria: dict[str, Any]) -> int:
+    """A segment with its baseline, as ``service.create_segment`` makes it: the incremental path skips any other."""
     with db.writer() as s:
         seg = Segment(store_id=store_id, name=name, criteria=criteria)
         s.add(seg)
         s.flush()
-        return seg.id
+        segment_id = seg.id
+    evaluate(db, store_id, segment_id)
+    return segment_id
 
 
 def _changes(db: Database, store_id: int) -> list[tuple[str, str, str | None]]:
