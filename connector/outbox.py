@@ -46,13 +46,20 @@ def add(
     subject = str(subject_id)
     if topic in COALESCING_TOPICS:
         session.flush()  # rows added earlier in this transaction must be visible to the check below
+        # Locked until this transaction commits (PostgreSQL; SQLite writers never interleave): the relay claims with
+        # SKIP LOCKED, so it cannot deliver the row before this change is visible, which would send or evaluate
+        # the old state and leave nothing pending for the new one. A row locked by someone else (a relay
+        # claiming it) is skipped here too, and this change gets a row of its own; neither side ever waits.
         pending = session.scalar(
-            sa.select(OutboxRow.id).where(
+            sa.select(OutboxRow.id)
+            .where(
                 OutboxRow.store_id == store_id,
                 OutboxRow.topic == topic,
                 OutboxRow.subject_id == subject,
                 OutboxRow.status == OutboxStatus.PENDING,
             )
+            .limit(1)
+            .with_for_update(skip_locked=True)
         )
         if pending is not None:
             return

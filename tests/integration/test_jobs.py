@@ -58,6 +58,21 @@ def test_coalescing_topics_keep_one_pending_row_per_subject(db: Database, store:
         assert sorted(session.scalars(sa.select(OutboxRow.subject_id))) == ["7", "8"]
 
 
+@pytest.mark.parametrize("backend", ["postgresql"])  # SQLite writers cannot interleave: no race to lose there
+def test_a_coalesced_change_is_not_delivered_before_it_commits(db: Database, store: NewStore) -> None:
+    with db.writer() as session:
+        outbox.add(session, store.id, outbox.Topic.CONTACT_UPSERT, 7)
+    sent: list[int] = []
+    with db.writer() as session:
+        # A second change to contact 7 joins the pending row instead of adding one...
+        outbox.add(session, store.id, outbox.Topic.CONTACT_UPSERT, 7)
+        # ...so a relay ticking before it commits must not claim that row: its job would send the state from
+        # before this change, and nothing would be left pending for the change itself.
+        assert enqueue_due(db, sent.append) == 0
+    assert enqueue_due(db, sent.append) == 1
+    assert _statuses(db) == {"enqueued": 1}
+
+
 def test_relay_claims_each_due_row_once(db: Database, store: NewStore) -> None:
     ids = _add_rows(db, store, 5)
     sent: list[int] = []
