@@ -22,6 +22,7 @@ from .store import (
     Cart,
     ConsentState,
     Contact,
+    Engagement,
     Event,
     Identity,
     IdentityKind,
@@ -136,7 +137,7 @@ def merge(session: Session, store_id: int, *, survivor: Contact, merged: Contact
     """Fold ``merged`` into ``survivor`` (both in ``store_id``)."""
     if survivor.id == merged.id:
         return
-    for model in (Identity, Event, Cart, Order):
+    for model in (Identity, Event, Cart, Order, Engagement):
         session.execute(
             sa.update(model)
             .where(model.store_id == store_id, model.contact_id == merged.id)

@@ -26,6 +26,7 @@ from connector.store import (
     ConsentState,
     Contact,
     Database,
+    Engagement,
     Event,
     Identity,
     IdentityKind,
@@ -37,6 +38,7 @@ from connector.store import (
     Variant,
     WaitlistEntry,
 )
+from connector.store.base import utcnow
 from connector.tenancy import NewStore
 from tests.conftest import post_messages, project_all, track
 
@@ -401,6 +403,17 @@ def test_alias_merges_the_anonymous_contact_and_moves_its_carts_orders_and_event
         anonymous = contact_of(session, store.id, IdentityKind.ANONYMOUS_ID, "anon-7")
         known = user(session, store.id, "u7")
         assert anonymous.id != known.id
+    with db.writer() as session:  # an open an ESP reported for the anonymous contact (lifecycle and segments read it)
+        session.add(
+            Engagement(
+                store_id=store.id,
+                esp="klaviyo",
+                esp_event_id="e1",
+                kind="opened",
+                contact_id=anonymous.id,
+                occurred_at=utcnow(),
+            )
+        )
     # When the storefront aliases the anonymousId to the userId
     alias: Message = {"type": "alias", "messageId": "m5", "previousId": "anon-7", "userId": "u7"}
     ingest_and_project(client, db, store, [alias])
@@ -415,8 +428,9 @@ def test_alias_merges_the_anonymous_contact_and_moves_its_carts_orders_and_event
         assert [c.status for c in carts] == ["converted", "open"]
         assert cart_lines(session, carts[1]) == {("p8", ""): 1}
         assert {event(session, store.id, m).contact_id for m in ("m1", "m2", "m3", "m4", "m5")} == {known.id}
-        for model in (Event, Cart, Order, Identity):
+        for model in (Event, Cart, Order, Identity, Engagement):
             assert count(session, model, model.contact_id == anonymous.id) == 0
+        assert count(session, Engagement, Engagement.contact_id == known.id) == 1
         merged_rows = outbox_rows(session, store.id, "contact.merged")
         assert [(r.subject_id, r.payload) for r in merged_rows] == [(str(anonymous.id), {"into": known.id})]
 
