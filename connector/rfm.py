@@ -55,6 +55,8 @@ class RfmConfig:
     fixed_monetary_cents: tuple[int, int, int, int] = (5_000, 10_000, 25_000, 50_000)
     #: A group whose share of the scored population moves by more than this many percentage points alerts.
     drift_alert_pct: float = 10.0
+    #: The per-contact scores of this many newest runs are kept (0: all); older runs keep their summary row.
+    keep_runs: int = 14
 
 
 def config_from(settings: Settings) -> RfmConfig:
@@ -66,6 +68,7 @@ def config_from(settings: Settings) -> RfmConfig:
         fixed_recency_days=settings.rfm_fixed_recency_days,
         fixed_monetary_cents=settings.rfm_fixed_monetary_cents,
         drift_alert_pct=settings.rfm_drift_alert_pct,
+        keep_runs=settings.rfm_keep_runs,
     )
 
 
@@ -261,8 +264,24 @@ def run_snapshot(
         if previous is not None:
             run.drift_alerts = _drift(previous.group_shares, shares, cfg.drift_alert_pct)
             run.transitions = _record_transitions(session, store_id, previous.id, run.id)
+        _prune_scores(session, store_id, run.id, cfg.keep_runs)
         run.finished_at = utcnow()
         return run.id
+
+
+def _prune_scores(session: Session, store_id: int, run_id: int, keep: int) -> None:
+    """Delete the scores of all but the ``keep`` newest runs (this one included): a nightly run of a 1M-contact
+    store writes 880k rows, which would otherwise pile up without end. The run rows stay, with their cut-points,
+    counts, shares and transitions."""
+    if keep <= 0:
+        return
+    older = (
+        sa.select(RfmRun.id)
+        .where(RfmRun.store_id == store_id, RfmRun.id < run_id)
+        .order_by(RfmRun.id.desc())
+        .offset(keep - 1)
+    )
+    session.execute(sa.delete(RfmScore).where(RfmScore.store_id == store_id, RfmScore.run_id.in_(older)))
 
 
 def _population(session: Session, store_id: int, as_of: dt.date) -> int:

@@ -123,6 +123,12 @@ class Settings(BaseSettings):
     rfm_drift_alert_pct: float = Field(
         10.0, ge=0, le=100, description="A run alerts when an RFM group's share moved more than this many points."
     )
+    rfm_keep_runs: int = Field(
+        14,
+        ge=0,
+        description="Per-contact RFM scores are kept for this many newest runs per store (older runs keep their "
+        "summary); 0: all.",
+    )
     lifecycle_new_days: int = Field(30, ge=0, description="A customer whose first order is at most this old is new.")
     lifecycle_at_risk_days: int = Field(
         45, ge=1, description="A customer with no order for more than this many days is at risk."

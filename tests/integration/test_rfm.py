@@ -198,6 +198,21 @@ def test_small_store_uses_fixed_thresholds(db: Database, store: NewStore) -> Non
     assert _scores(db, store.id, run_id) == _reference(db, store.id, percentiles=False)
 
 
+def test_only_the_newest_runs_keep_their_scores(db: Database, store: NewStore) -> None:
+    _seed(db, store.id, 60)
+    cfg = rfm.config_from(Settings(rfm_keep_runs=2))
+    runs = [run_snapshot(db, store.id, AS_OF + dt.timedelta(days=d), config=cfg) for d in range(4)]
+    with db.reader() as s:
+        kept = dict(s.execute(sa.select(RfmScore.run_id, sa.func.count()).group_by(RfmScore.run_id)).all())
+    scored = {r: (rfm.get_run(db, store.id, r) or {})["scored"] for r in runs}  # every run keeps its summary
+    assert all(n > 0 for n in scored.values())
+    assert kept == {r: scored[r] for r in runs[2:]}
+    every = rfm.config_from(Settings(rfm_keep_runs=0))
+    run_snapshot(db, store.id, AS_OF, config=every)
+    with db.reader() as s:
+        assert s.scalar(sa.select(sa.func.count(sa.distinct(RfmScore.run_id)))) == 3
+
+
 def test_thresholds_from_settings_change_the_scores_and_the_run_records_them(db: Database, store: NewStore) -> None:
     _seed(db, store.id, 120)
     settings = Settings(
@@ -221,6 +236,7 @@ def test_thresholds_from_settings_change_the_scores_and_the_run_records_them(db:
             "fixed_recency_days": [200, 100, 50, 10],
             "fixed_monetary_cents": [1000, 2000, 3000, 4000],
             "drift_alert_pct": 10.0,
+            "keep_runs": 14,
         },
         "lifecycle": {"new_days": 30, "at_risk_days": 45, "churned_days": 90, "engaged_days": 30},
     }
