@@ -108,15 +108,19 @@ def create_segment(db: Database, store_id: int, body: Any) -> dict[str, Any]:
 
 
 def update_segment(db: Database, store_id: int, segment_id: int, body: Any) -> dict[str, Any]:
+    """Change a segment; new criteria or a new ``marketing`` flag are evaluated at once (the members who leave or
+    join under the new definition are recorded as exited and entered)."""
     fields = _checked(body, partial=True)
     with db.writer() as session:
         segment = _get(session, store_id, segment_id)
         if "name" in fields:
             _name_free(session, store_id, fields["name"], but=segment_id)
+        redefined = any(key in fields and fields[key] != getattr(segment, key) for key in ("criteria", "marketing"))
         for key, value in fields.items():
             setattr(segment, key, value)
-        session.flush()
-        return to_dict(segment)
+    if redefined:
+        evaluate(db, store_id, segment_id)
+    return get_segment(db, store_id, segment_id)
 
 
 def delete_segment(db: Database, store_id: int, segment_id: int) -> None:

@@ -76,7 +76,20 @@ def test_crud_evaluate_counts_and_csv(
 
     updated = client.put(f"{URL}/{seg['id']}", json={"criteria": {"orders.count": 0}}, headers=headers)
     assert updated.status_code == 200 and updated.json["criteria"] == {"orders.count": 0}
-    assert client.post(f"{URL}/{seg['id']}/evaluate", headers=headers).json["exited"] == 5
+    # Evaluated at once under the new criteria: the five buyers left, the five others joined.
+    assert updated.json["member_count"] == 5
+    with db.reader() as s:
+        changes = s.execute(sa.select(SegmentChange.change, sa.func.count()).group_by(SegmentChange.change)).all()
+        assert dict(changes) == {"entered": 5, "exited": 5}
+    assert client.post(f"{URL}/{seg['id']}/evaluate", headers=headers).json == {
+        "segment_id": seg["id"],
+        "members": 5,
+        "entered": 0,
+        "exited": 0,
+    }
+    before = client.get(f"{URL}/{seg['id']}", headers=headers).json["evaluated_at"]
+    renamed = client.put(f"{URL}/{seg['id']}", json={"name": "Browsers"}, headers=headers)
+    assert renamed.json["name"] == "Browsers" and renamed.json["evaluated_at"] == before  # a new name: no evaluation
 
     assert client.delete(f"{URL}/{seg['id']}", headers=headers).status_code == 204
     assert client.get(f"{URL}/{seg['id']}", headers=headers).status_code == 404
