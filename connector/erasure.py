@@ -10,7 +10,7 @@ those, clears their payload once settled and calls ``settle`` here, which keeps 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,6 +44,8 @@ from .store import (
     WaitlistEntry,
     utcnow,
 )
+from .store.rfm import ContactLifecycle, RfmRun, RfmScore, RfmTransition
+from .store.segments import Segment, SegmentChange, SegmentMember
 
 _OPEN = (SyncItemStatus.PENDING, SyncItemStatus.ENQUEUED)
 
@@ -267,9 +269,44 @@ def _delete(
         .values(contact_id=None),
     )
     run("esp_links", sa.delete(EspLink).where(EspLink.store_id == store_id, EspLink.contact_id.in_(ids)))
+    _forget_derived(session, store_id, ids, run)
     counts["sync_items"] = _skip_sync_items(session, store_id, ids, carts, events, now)
     session.flush()
     return counts
+
+
+def _forget_derived(session: Session, store_id: int, ids: list[int], run: Callable[[str, Any], None]) -> None:
+    """What was computed about these contacts: RFM scores and transitions, lifecycle stage, segment membership and
+    its history. Members leave their segments now (counts follow), not at the next full evaluation. Each delete is
+    restricted to the store's runs or segments, so it probes primary keys instead of scanning every store's rows."""
+    runs = select_ids(session, sa.select(RfmRun.id).where(RfmRun.store_id == store_id))
+    segments = select_ids(session, sa.select(Segment.id).where(Segment.store_id == store_id))
+    left = session.execute(
+        sa.select(SegmentMember.segment_id, sa.func.count())
+        .where(SegmentMember.segment_id.in_(segments), SegmentMember.contact_id.in_(ids))
+        .group_by(SegmentMember.segment_id)
+    ).all()
+    for segment_id, n in left:
+        session.execute(
+            sa.update(Segment).where(Segment.id == segment_id).values(member_count=Segment.member_count - n)
+        )
+    run(
+        "segment_members",
+        sa.delete(SegmentMember).where(SegmentMember.segment_id.in_(segments), SegmentMember.contact_id.in_(ids)),
+    )
+    run(
+        "segment_changes",
+        sa.delete(SegmentChange).where(SegmentChange.store_id == store_id, SegmentChange.contact_id.in_(ids)),
+    )
+    run("rfm_scores", sa.delete(RfmScore).where(RfmScore.run_id.in_(runs), RfmScore.contact_id.in_(ids)))
+    run(
+        "rfm_transitions",
+        sa.delete(RfmTransition).where(RfmTransition.run_id.in_(runs), RfmTransition.contact_id.in_(ids)),
+    )
+    run(
+        "contact_lifecycle",
+        sa.delete(ContactLifecycle).where(ContactLifecycle.store_id == store_id, ContactLifecycle.contact_id.in_(ids)),
+    )
 
 
 def _rows(result: sa.Result[Any]) -> int:

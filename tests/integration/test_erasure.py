@@ -7,6 +7,7 @@ later "Identify" / "Consent Updated" for the same email is recorded but kept out
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from click.testing import CliRunner
 from flask.testing import FlaskClient
 
-from connector import erasure
+from connector import erasure, lifecycle, rfm
 from connector.credentials import CredentialCipher, CredentialsUnavailable, new_key
 from connector.errors import InvalidInput, NotFound
 from connector.esp import connections
@@ -26,6 +27,7 @@ from connector.jobs.relay import enqueue_due
 from connector.jobs.tasks import Jobs
 from connector.sandbox.activecampaign import AcFaults, ActiveCampaignSandbox
 from connector.sandbox.klaviyo import DEFAULT_API_KEY, Faults, KlaviyoSandbox, Reject
+from connector.segments import service as segments
 from connector.settings import Settings
 from connector.store import (
     ConsentLedgerEntry,
@@ -40,6 +42,8 @@ from connector.store import (
     SyncKind,
     utcnow,
 )
+from connector.store.rfm import ContactLifecycle, RfmScore
+from connector.store.segments import SegmentChange, SegmentMember
 from connector.sync import queue
 from connector.sync.adapters import AdapterOptions
 from connector.tenancy import NewStore
@@ -473,3 +477,41 @@ def test_an_esp_refusal_fails_the_erasure_without_naming_the_person(
     assert refused["status"] == "failed" and "Cannot delete [erased] right now." in refused["error"]
     assert report["report"]["esps"]["activecampaign"]["status"] == "done"
     assert personal_data_left(db, store.id, NEEDLES) == []
+
+
+def test_what_was_computed_about_the_person_goes_with_them(
+    client: FlaskClient, db: Database, settings: Settings, store: NewStore, jobs: Jobs
+) -> None:
+    the_person(client, store)
+    drain(db, jobs, store.id)
+    today = dt.datetime.now(dt.UTC).date()
+    run_id = rfm.run_snapshot(db, store.id, today, stages=lifecycle.LifecycleConfig())
+    buyers = segments.create_segment(db, store.id, {"name": "Buyers", "criteria": {"orders.count": {"gte": 1}}})
+    everyone = segments.create_segment(
+        db, store.id, {"name": "All", "criteria": {"orders.count": {"gte": 5}}, "marketing": False}
+    )
+    segments.update_segment(db, store.id, everyone["id"], {"criteria": {"orders.count": {"gte": 0}}})
+    with db.reader() as session:
+        person = session.scalars(sa.select(Contact.id).where(Contact.store_id == store.id)).one()
+    derived = (SegmentMember, SegmentChange, RfmScore, ContactLifecycle)
+
+    def rows_of_person() -> dict[str, int]:
+        with db.reader() as session:
+            return {
+                m.__tablename__: session.scalar(sa.select(sa.func.count()).select_from(m).where(m.contact_id == person))
+                or 0
+                for m in derived
+            }
+
+    assert rows_of_person() == {"segment_members": 2, "segment_changes": 1, "rfm_scores": 1, "contact_lifecycle": 1}
+    assert segments.get_segment(db, store.id, buyers["id"])["member_count"] == 1
+
+    erasure_id = erasure.erase(
+        db, CredentialCipher(settings.credentials_key), store.id, email=EMAIL, requested_by="dpo"
+    )
+
+    assert rows_of_person() == dict.fromkeys(rows_of_person(), 0)
+    local = erasure.get(db, store.id, erasure_id)["report"]["local"]
+    assert (local["segment_members"], local["rfm_scores"], local["contact_lifecycle"]) == (2, 1, 1)
+    assert [segments.get_segment(db, store.id, s["id"])["member_count"] for s in (buyers, everyone)] == [0, 0]
+    assert (rfm.get_run(db, store.id, run_id) or {})["scored"] == 1  # the run's summary stays as it was
