@@ -191,7 +191,11 @@ def mirror(
 @store_option
 @pass_context
 def install_prebuilt(ctx: Context, store_id: int | None) -> None:
-    """Create the pre-built segments the store lacks (VIP, Loyal, At Risk, Hibernating, …)."""
-    with _store(ctx, store_id) as (db, sid), db.writer() as session:
-        created = [s.name for s in segments.install_prebuilt(session, sid)]
-    click.echo(f"installed {', '.join(created)}" if created else "all pre-built segments already exist")
+    """Create the pre-built segments the store lacks (VIP, Loyal, At Risk, Hibernating, …) and evaluate them (their
+    baselines: from then on the incremental path keeps them up to date)."""
+    with _store(ctx, store_id) as (db, sid):
+        with db.writer() as session:
+            created = [(s.id, s.name) for s in segments.install_prebuilt(session, sid)]
+        for segment_id, _ in created:
+            segments.evaluate(db, sid, segment_id)
+    click.echo(f"installed {', '.join(n for _, n in created)}" if created else "all pre-built segments already exist")

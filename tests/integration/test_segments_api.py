@@ -169,6 +169,7 @@ def test_cli(monkeypatch: pytest.MonkeyPatch, database_url: str, db: Database, s
     assert "already exist" in run("install-prebuilt")
     listed = json.loads(run("list", "--json"))["segments"]
     assert len(listed) == 9
+    assert all(s["evaluated_at"] for s in listed)  # installed with their baselines: kept up to date from now on
     everything = json.loads(run("evaluate", "--all", "--json"))
     assert len(everything["segments"]) == 9
     one = json.loads(run("evaluate", str(created["id"]), "--json"))["segments"]
