@@ -137,8 +137,9 @@ class _Compiler:
         if op == "between":
             return column.between(value[0], value[1])
         if op == "contains":
-            escaped = value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            return _bool(column.like(f"%{escaped}%", escape="\\"))
+            # Case-insensitive on both databases (ILIKE on PostgreSQL, lower() LIKE lower() on SQLite, whose LIKE
+            # alone ignores ASCII case while PostgreSQL's does not); % and _ in the value match themselves.
+            return _bool(column.icontains(value, autoescape=True))
         if op == "within_last_days":
             return _bool(column >= self.now - value * DAY)
         raise AssertionError(op)  # pragma: no cover
@@ -264,9 +265,6 @@ class _Compiler:
         if cond.field in ("days_since_first_order", "days_since_last_order"):
             agg = sa.func.min if cond.field == "days_since_first_order" else sa.func.max
             return self._days_since(self._orders(agg(Order.placed_at)).scalar_subquery(), cond.op, cond.value)
-        semi = self._semi_join(cond)
-        if semi is not None:
-            return semi
         sample = cond.value[0] if isinstance(cond.value, tuple) and cond.value else cond.value
         if cond.op == "exists":
             sample = ""  # presence is type-blind: read the value as text

@@ -210,7 +210,7 @@ def _locked_segment(session: Session, store_id: int, segment_id: int) -> Segment
         sa.select(Segment).where(Segment.store_id == store_id, Segment.id == segment_id).with_for_update()
     )
     if segment is None:
-        raise NotFound(f"segment {segment_id}")
+        raise NotFound(f"segment {segment_id} does not exist in this store")
     return segment
 
 
