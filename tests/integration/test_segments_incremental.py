@@ -92,7 +92,8 @@ def test_an_order_then_an_unsubscribe_move_the_contact_through_the_right_segment
     _wait(lambda: not _member(db, buyers, "cus_1"), LATENCY_BUDGET)
     time.sleep(0.3)  # any stray re-evaluation would record more changes than the ones below
 
-    # Only this test's segments (the relay's nightly run may install and evaluate the pre-built ones meanwhile);
+    # This test's segments (the relay's nightly job may evaluate them in full meanwhile: a diff against the same
+    # members, so each change is still recorded once, by whichever path sees it first);
     # per segment, in order (worker threads evaluate different outbox rows concurrently, so segments interleave).
     per_segment: dict[str, list[str]] = {}
     for name, change, external_id in _changes(db, store.id):
