@@ -1,6 +1,8 @@
-"""Engagement reaches segments incrementally, end to end: a signed Klaviyo webhook reporting an open moves the
-contact into an "opened in the last 7 days" segment through the runtime's own relay and outbox jobs, and nothing
-about it is sent to either ESP (they reported it). Both sandboxes are served over HTTP and connected to the store."""
+"""Engagement, orders and consent reach segments (and a mirrored segment's ESP lists) incrementally, end to end,
+through the runtime's own relay and outbox jobs. A signed Klaviyo webhook reporting an open moves the contact into
+an "opened in the last 7 days" segment, and nothing about it is sent to either ESP (they reported it); an order and
+an unsubscribe move a mirrored segment's list and tag with exactly one add and one remove. Both sandboxes are
+served over HTTP and connected to the store."""
 
 from __future__ import annotations
 
@@ -20,11 +22,12 @@ from connector.runtime import Runtime
 from connector.sandbox import ActiveCampaignSandbox, KlaviyoSandbox, SandboxServer
 from connector.sandbox.activecampaign import DEFAULT_ACTID, DEFAULT_API_TOKEN, DEFAULT_EVENT_KEY
 from connector.sandbox.klaviyo import DEFAULT_API_KEY
+from connector.segments import service as segment_service
 from connector.segments.criteria import OTHER_FIELDS
 from connector.settings import Settings
 from connector.store import Database, Engagement, Identity, OutboxRow, OutboxStatus, SyncItem, SyncItemStatus
 from connector.tenancy import NewStore
-from tests.conftest import post_messages
+from tests.conftest import post_messages, track
 from tests.integration.test_klaviyo_webhooks import SECRET, delivery, klaviyo_event, post
 from tests.integration.test_segments_incremental import LATENCY_BUDGET, _member, _segment, _wait
 
@@ -191,3 +194,48 @@ def test_the_engagement_kinds_that_move_segments_are_the_ones_criteria_read() ->
     # A new ``engagement.<kind>_within_days`` field must also make that kind re-evaluate segments on arrival.
     fields = [name for name in OTHER_FIELDS if name.startswith("engagement.")]
     assert {name.removeprefix("engagement.").removesuffix("_within_days") for name in fields} == set(SEGMENT_KINDS)
+
+
+def test_an_order_and_an_unsubscribe_move_a_mirrored_segments_lists_with_exactly_one_add_and_one_remove(
+    runtime: Runtime,
+    client: FlaskClient,
+    db: Database,
+    store: NewStore,
+    esps: tuple[KlaviyoSandbox, ActiveCampaignSandbox],
+) -> None:
+    klaviyo, ac = esps
+    buyers = _segment(db, store.id, "Buyers", {"orders.count": {"gte": 1}})
+    for esp in ("klaviyo", "activecampaign"):
+        assert segment_service.set_mirror(db, store.id, buyers, esp, {})["queued"] == 0  # nobody in it yet
+    runtime.start_background()
+    identify = {"type": "identify", "messageId": "i1", "userId": "u-ann", "traits": {"email": ANN}}
+    assert post_messages(client, store.write_key, [identify]).status_code == 200
+    _wait(lambda: _known(db, store.id, ANN) and _settled(db, store.id), LATENCY_BUDGET)
+    marks = [len(sandbox.requests) for sandbox in esps]
+
+    def on_klaviyo_list() -> list[str]:
+        state = klaviyo.state()
+        emails = {p["id"]: p["attributes"].get("email") for p in state["profiles"]}
+        return sorted(emails[m] for lst in state["lists"].values() for m in lst["members"])
+
+    order = track("Order Completed", "o1", "u-ann", order_id="A-1", total=59.97, products=[{"product_id": "p1"}])
+    assert post_messages(client, store.write_key, [order]).status_code == 200
+    _wait(lambda: on_klaviyo_list() == [ANN] and _settled(db, store.id), LATENCY_BUDGET)
+    unsubscribe = track("Consent Updated", "c1", "u-ann", channel="email", status="unsubscribed", method="link")
+    assert post_messages(client, store.write_key, [unsubscribe]).status_code == 200
+    _wait(lambda: on_klaviyo_list() == [] and _settled(db, store.id), LATENCY_BUDGET)
+
+    # Exactly the calls the two changes need: the list made once, one add, one remove; one tag added and removed.
+    list_ops = {"create_list", "add_profiles_to_list", "remove_profiles_from_list"}
+    assert [e["operation"] for e in list(klaviyo.requests)[marks[0] :] if e["operation"] in list_ops] == [
+        "create_list",
+        "add_profiles_to_list",
+        "remove_profiles_from_list",
+    ]
+    tag_ops = [
+        e["operation"]
+        for e in list(ac.requests)[marks[1] :]
+        if e["operation"] in {"add_contact_tag", "remove_contact_tag"}
+    ]
+    assert tag_ops == ["add_contact_tag", "remove_contact_tag"]
+    assert not ac.contact_tags
