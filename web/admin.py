@@ -104,6 +104,7 @@ def list_sync_runs() -> Response:
 @bp.get("/sync/runs/<int:run_id>")
 @requires(*ALL_ROLES)
 def sync_run(run_id: int) -> Response:
+    """One full sync with its progress and counts."""
     return _run_response(run_id, 200)
 
 

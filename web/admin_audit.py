@@ -35,6 +35,7 @@ def verify() -> Response:
 @bp.get("/anchor")
 @requires(Role.COMPLIANCE)
 def anchor() -> Response:
+    """The ledger's head now (``seq``, ``hash``, ``at``) and its ``text``, to keep elsewhere and pass to verify."""
     taken = audit.anchor(get_runtime().db, current_principal().store_id)
     return jsonify(taken.as_dict() | {"text": taken.text()})
 

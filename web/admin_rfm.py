@@ -23,6 +23,7 @@ admin_errors(bp)
 @bp.get("/runs")
 @requires(*READERS)
 def runs() -> Response:
+    """The latest RFM runs (``limit``, default 50), newest first."""
     limit = request.args.get("limit", "50")
     if not limit.isdigit() or not 1 <= int(limit) <= 1000:
         raise InvalidInput("limit", "must be a whole number from 1 to 1000")
@@ -32,6 +33,7 @@ def runs() -> Response:
 @bp.get("/runs/<int:run_id>")
 @requires(*READERS)
 def run(run_id: int) -> Response:
+    """One RFM run: cut-points, population, completeness, group shares, drift alerts, transitions."""
     found = rfm.get_run(get_runtime().db, current_principal().store_id, run_id)
     if found is None:
         raise NotFound(f"RFM run {run_id} does not exist in this store")

@@ -42,6 +42,7 @@ def requires(*roles: Role) -> Callable[[F], F]:
             g.principal = principal
             return view(*args, **kwargs)
 
+        wrapper.__dict__["required_roles"] = roles  # the OpenAPI document names them
         return wrapper  # type: ignore[return-value]
 
     return decorate

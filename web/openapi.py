@@ -1,17 +1,19 @@
 """``GET /openapi.json``: the OpenAPI 3.1 document of the ingestion and admin APIs.
 
-Message schemas come from the same pydantic models that validate requests, so the document cannot drift
-from what the server accepts.
+Message schemas come from the same pydantic models that validate requests, and every admin route is read off the
+app's ``url_map`` (``openapi_admin``), so the document cannot drift from what the server accepts.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from connector.ingest.messages import MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, MESSAGE_TYPES, iter_message_schemas
+
+from .openapi_admin import ADMIN_ERRORS, admin_paths
+from .openapi_admin import error as _error
 
 bp = Blueprint("openapi", __name__)
 
@@ -19,20 +21,13 @@ bp = Blueprint("openapi", __name__)
 @bp.get("/openapi.json")
 def openapi_json() -> Response:
     """The OpenAPI document."""
-    return jsonify(document())
+    return jsonify(document(current_app))
 
 
 @bp.get("/healthz")
 def healthz() -> Response:
     """Liveness: the process answers."""
     return jsonify({"status": "ok"})
-
-
-def _error(description: str) -> dict[str, Any]:
-    return {
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
 
 
 INGEST_ERRORS = {
@@ -42,11 +37,17 @@ INGEST_ERRORS = {
     "415": _error("Unsupported Content-Encoding"),
     "503": _error("Store unavailable; nothing was acknowledged, retry"),
 }
-ADMIN_ERRORS = {"401": _error("Missing or invalid admin token"), "403": _error("Role not allowed")}
 
 
-@functools.cache
-def document() -> dict[str, Any]:
+def document(app: Flask) -> dict[str, Any]:
+    """The document for ``app``, built once per app: its routes are fixed once it serves requests."""
+    cached: dict[str, Any] | None = app.extensions.get("espbridge.openapi")
+    if cached is None:
+        cached = app.extensions["espbridge.openapi"] = _build(app)
+    return cached
+
+
+def _build(app: Flask) -> dict[str, Any]:
     schemas: dict[str, Any] = {name: schema for name, schema in iter_message_schemas()}
     schemas["Message"] = {
         "oneOf": [
@@ -152,6 +153,8 @@ def document() -> dict[str, Any]:
             "responses": {"200": _json("Counts"), **ADMIN_ERRORS},
         }
     }
+    for path, item in admin_paths(app, documented=paths).items():
+        paths.setdefault(path, {}).update(item)  # beside any hand-written method of the same path
     paths["/healthz"] = {"get": {"summary": "Liveness", "operationId": "healthz", "responses": {"200": _json("ok")}}}
     return {
         "openapi": "3.1.0",

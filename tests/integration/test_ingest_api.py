@@ -9,21 +9,24 @@ import base64
 import datetime as dt
 import gzip
 import json
+import re
 import time
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 from openapi_spec_validator import validate
 from sqlalchemy.exc import OperationalError
 from werkzeug.test import TestResponse
 
 from connector.ingest.messages import MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, MESSAGE_TYPES
+from connector.runtime import Runtime
 from connector.store import Database, Event
 from connector.tenancy import NewStore
 from tests.conftest import basic_auth, post_messages, track
-from web import MAX_REQUEST_BYTES
+from web import MAX_REQUEST_BYTES, create_app
 
 Message = dict[str, Any]
 
@@ -821,6 +824,94 @@ def test_the_openapi_document_is_valid_and_lists_every_ingestion_path(client: Fl
     assert "event" in schemas["Track"]["required"]
     assert "groupId" in schemas["Group"]["required"]
     assert {"previousId", "userId"} <= set(schemas["Alias"]["required"])
+
+
+def admin_operations(app: Flask) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(OpenAPI path, method, [(argument, converter)]) of every /admin/api rule of ``app``, read off its url_map."""
+    argument = re.compile(r"<(?:(\w+)(?:\([^)]*\))?:)?(\w+)>")
+    found = []
+    for rule in app.url_map.iter_rules():
+        if rule.rule.startswith("/admin/api"):
+            path = argument.sub(lambda match: "{" + match[2] + "}", rule.rule)
+            arguments = [(name, converter or "default") for converter, name in argument.findall(rule.rule)]
+            found += [
+                (path, method.lower(), arguments) for method in rule.methods or () if method not in {"HEAD", "OPTIONS"}
+            ]
+    return found
+
+
+def test_the_openapi_document_lists_every_admin_route_with_each_method(app: Flask, client: FlaskClient) -> None:
+    document = client.get("/openapi.json").get_json()
+    validate(document)
+    operations = admin_operations(app)
+    assert len(operations) > 20  # segments, RFM, audit, erasures, consent, full syncs, dead letters, contacts, stats
+    for path, method, arguments in operations:
+        assert method in document["paths"].get(path, {}), f"{method.upper()} {path} is not in /openapi.json"
+        operation = document["paths"][path][method]
+        assert operation["summary"], f"{method.upper()} {path}: its view needs a docstring"
+        assert operation["security"] == [{"adminToken": []}]
+        responses = set(operation["responses"])
+        assert {"401", "403"} <= responses
+        assert len(responses & {"200", "201", "202", "204"}) == 1, (path, method, responses)
+        if arguments:
+            assert "404" in responses, (path, method)
+        parameters = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "path"}
+        for name, converter in arguments:
+            assert parameters[name]["required"] is True
+            assert parameters[name]["schema"]["type"] == ("integer" if converter == "int" else "string")
+        if "requestBody" in operation or any(p["in"] == "query" for p in operation.get("parameters", [])):
+            assert "400" in responses, (path, method)
+    documented_admin = {
+        (path, method) for path, item in document["paths"].items() if path.startswith("/admin/api") for method in item
+    }
+    assert documented_admin == {(path, method) for path, method, _ in operations}  # nothing the app does not serve
+    ids = [op["operationId"] for item in document["paths"].values() for op in item.values()]
+    assert len(ids) == len(set(ids))
+
+
+def test_the_openapi_document_says_what_each_admin_endpoint_answers(client: FlaskClient) -> None:
+    paths = client.get("/openapi.json").get_json()["paths"]
+    # The hand-written entries stay.
+    assert paths["/admin/api/contacts"]["get"]["operationId"] == "searchContacts"
+    assert {p["name"] for p in paths["/admin/api/contacts"]["get"]["parameters"]} == {"email", "user_id"}
+    assert paths["/admin/api/stats"]["get"]["operationId"] == "storeStats"
+    # Statuses other than 200, read off the views.
+    assert "201" in paths["/admin/api/segments"]["post"]["responses"]
+    assert "202" in paths["/admin/api/erasures"]["post"]["responses"]
+    assert {"202", "404", "409"} <= set(paths["/admin/api/sync/full"]["post"]["responses"])
+    deleted = paths["/admin/api/segments/{segment_id}"]["delete"]["responses"]["204"]
+    assert "content" not in deleted
+    # Streamed exports carry their media types.
+    export = paths["/admin/api/audit/export"]["get"]
+    assert set(export["responses"]["200"]["content"]) == {"text/csv; charset=utf-8", "application/json"}
+    assert {p["name"] for p in export["parameters"]} >= {"format", "since", "until", "contact"}
+    members = paths["/admin/api/segments/{segment_id}/members.csv"]["get"]["responses"]["200"]
+    assert set(members["content"]) == {"text/csv"}
+    # Bodies, query parameters and the roles the view requires.
+    mirror = paths["/admin/api/segments/{segment_id}/mirror/{esp}"]
+    assert mirror["put"]["requestBody"]["required"] is False  # no body: the defaults
+    assert "requestBody" not in mirror["delete"]
+    assert "requestBody" not in paths["/admin/api/segments/{segment_id}/evaluate"]["post"]
+    assert paths["/admin/api/rfm/runs"]["get"]["parameters"][0]["schema"]["maximum"] == 1000
+    assert "Roles: compliance." in paths["/admin/api/audit/verify"]["get"]["description"]
+
+
+def test_an_admin_route_added_to_an_app_is_in_that_apps_document_only(app: Flask, runtime: Runtime) -> None:
+    widgets = Blueprint("widgets", __name__, url_prefix="/admin/api/widgets")
+
+    @widgets.post("/<int:widget_id>/polish")
+    def polish(widget_id: int) -> str:
+        """Polish a widget."""
+        return ""
+
+    app.register_blueprint(widgets)
+    other = create_app(runtime=runtime)
+    operation = app.test_client().get("/openapi.json").get_json()["paths"]["/admin/api/widgets/{widget_id}/polish"]
+    assert operation["post"]["summary"] == "Polish a widget."
+    assert operation["post"]["operationId"] == "widgetsPolish"
+    assert {"200", "400", "404", "401", "403"} <= set(operation["post"]["responses"])
+    # Built per app: the first app's document is not served by the next one, nor the other way round.
+    assert "/admin/api/widgets/{widget_id}/polish" not in other.test_client().get("/openapi.json").get_json()["paths"]
 
 
 def test_healthz_is_200(client: FlaskClient) -> None:
