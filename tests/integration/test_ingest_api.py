@@ -27,6 +27,7 @@ from connector.store import Database, Event
 from connector.tenancy import NewStore
 from tests.conftest import basic_auth, post_messages, track
 from web import MAX_REQUEST_BYTES, create_app
+from web.openapi_admin import OPERATIONS
 
 Message = dict[str, Any]
 
@@ -869,7 +870,8 @@ def test_the_openapi_document_lists_every_admin_route_with_each_method(app: Flas
     assert len(ids) == len(set(ids))
 
 
-def test_the_openapi_document_says_what_each_admin_endpoint_answers(client: FlaskClient) -> None:
+def test_the_openapi_document_says_what_each_admin_endpoint_answers(app: Flask, client: FlaskClient) -> None:
+    assert set(OPERATIONS) <= set(app.view_functions)  # a renamed endpoint would lose its entry silently
     paths = client.get("/openapi.json").get_json()["paths"]
     # The hand-written entries stay.
     assert paths["/admin/api/contacts"]["get"]["operationId"] == "searchContacts"
