@@ -83,10 +83,7 @@ def _evaluate_in(session: Session, segment: Segment, contact_ids: Sequence[int] 
     # Counted before the diff is applied (drivers disagree on INSERT … SELECT row counts).
     entered = _count(session, sa.select(sa.func.count()).select_from(_scratch).where(sa.not_(is_member)))
     exited = _count(session, sa.select(sa.func.count()).select_from(member).where(*leaving))
-    # The changes written below get ids above this one: the ESP mirror queues exactly those, in this transaction.
-    last_change = _count(
-        session, sa.select(sa.func.coalesce(sa.func.max(change.c.id), 0)).where(change.c.store_id == store_id)
-    )
+    last_change = _last_change_id(session, store_id)
     session.execute(
         change.insert().from_select(
             cols,
@@ -128,9 +125,11 @@ def _evaluate_in(session: Session, segment: Segment, contact_ids: Sequence[int] 
     session.execute(_scratch.delete())
     if (entered or exited) and segment.mirror:
         queue_segment_changes(session, store_id, segment_id, after_change_id=last_change)
-    count = session.scalar(sa.select(sa.func.count()).select_from(member).where(member.c.segment_id == segment_id))
-    _record_count(session, segment, int(count or 0), now)
-    return Evaluation(segment_id, segment.member_count, entered or 0, exited or 0)
+    # Incremental: the count follows from the diff (the segment row is locked), instead of counting every member
+    # of the segment on each change; a full evaluation recounts.
+    count = segment.member_count + entered - exited if contact_ids is not None else _member_count(session, segment_id)
+    _record_count(session, segment, count, now)
+    return Evaluation(segment_id, count, entered, exited)
 
 
 def _is_empty(session: Session, segment_id: int) -> bool:
@@ -152,9 +151,7 @@ def _first_fill(session: Session, segment: Segment, now: dt.datetime) -> Evaluat
     baseline = segment.evaluated_at is None
     member = cast(sa.Table, SegmentMember.__table__)
     change = cast(sa.Table, SegmentChange.__table__)
-    last_change = _count(
-        session, sa.select(sa.func.coalesce(sa.func.max(change.c.id), 0)).where(change.c.store_id == store_id)
-    )
+    last_change = _last_change_id(session, store_id)
     matching = compile_criteria(store_id, parse(segment.criteria), marketing=segment.marketing, now=now).subquery()
     session.execute(
         member.insert().from_select(
@@ -177,7 +174,7 @@ def _first_fill(session: Session, segment: Segment, now: dt.datetime) -> Evaluat
                 ).where(member.c.segment_id == segment_id),
             )
         )
-    count = _count(session, sa.select(sa.func.count()).select_from(member).where(member.c.segment_id == segment_id))
+    count = _member_count(session, segment_id)
     if count and segment.mirror:
         if baseline:
             queue_segment_members(session, store_id, segment_id)
@@ -202,6 +199,18 @@ def _record_count(session: Session, segment: Segment, count: int, now: dt.dateti
 
 def _count(session: Session, query: sa.Select[Any]) -> int:
     return int(session.scalar(query) or 0)
+
+
+def _member_count(session: Session, segment_id: int) -> int:
+    return _count(session, sa.select(sa.func.count()).where(SegmentMember.segment_id == segment_id))
+
+
+def _last_change_id(session: Session, store_id: int) -> int:
+    """The store's newest change id: the changes an evaluation writes next get higher ones, so the ESP mirror
+    queues exactly those, in the same transaction."""
+    return _count(
+        session, sa.select(sa.func.coalesce(sa.func.max(SegmentChange.id), 0)).where(SegmentChange.store_id == store_id)
+    )
 
 
 def _locked_segment(session: Session, store_id: int, segment_id: int) -> Segment:
