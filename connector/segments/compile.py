@@ -26,6 +26,24 @@ from .criteria import All, Any_, Cond, EventsCond, Kind, Node, Not, mentions_con
 #: Orders that count as purchases: cancelled and fully refunded ones do not.
 COUNTED_ORDER_STATUSES = ("completed", "partially_refunded")
 DAY = dt.timedelta(days=1)
+#: The column (or expression) each ``rfm.*`` and ``lifecycle.*`` field reads; money in currency units.
+RFM_COLUMNS: dict[str, Any] = {
+    "rfm.recency": RfmScore.recency_days,
+    "rfm.frequency": RfmScore.frequency,
+    "rfm.monetary": RfmScore.monetary_cents / 100.0,
+    "rfm.r": RfmScore.r,
+    "rfm.f": RfmScore.f,
+    "rfm.m": RfmScore.m,
+    "rfm.composite": RfmScore.composite,
+    "rfm.group": RfmScore.group,
+}
+LIFECYCLE_COLUMNS: dict[str, Any] = {
+    "lifecycle.stage": ContactLifecycle.stage,
+    "lifecycle.churn_risk": ContactLifecycle.churn_risk,
+}
+#: The per-contact order aggregates, and the value of those that a contact without counted orders still has.
+ORDER_AGGREGATES = ("orders.count", "orders.revenue", "orders.aov", "promotions.redeemed_ratio")
+NO_ORDERS_VALUE = {"orders.count": 0, "orders.revenue": 0}
 
 
 class _Compiler:
@@ -43,6 +61,17 @@ class _Compiler:
 
     def _net_cents(self) -> ColumnElement[Any]:
         return sa.func.coalesce(Order.revenue_cents, Order.total_cents, 0) - sa.func.coalesce(Order.refunded_cents, 0)
+
+    def _order_aggregate(self, field: str) -> ColumnElement[Any]:
+        """One of ORDER_AGGREGATES over a contact's counted orders (a select's column, grouped or correlated)."""
+        if field == "orders.count":
+            return sa.func.count()
+        if field == "orders.revenue":
+            return sa.func.sum(self._net_cents()) / 100.0
+        if field == "orders.aov":
+            return sa.func.avg(self._net_cents()) / 100.0
+        redeemed = sa.func.sum(sa.case((sa.func.coalesce(Order.coupon, "") != "", 1), else_=0))
+        return redeemed * 1.0 / sa.func.nullif(sa.func.count(), 0)  # promotions.redeemed_ratio
 
     def _latest_run(self) -> sa.ScalarSelect[Any]:
         # The latest run per store is the one to read (older runs are history).
@@ -85,32 +114,13 @@ class _Compiler:
             )
             # No state row means the contact never said anything on that channel.
             return sa.func.coalesce(status, "none")
-        if field.startswith("rfm."):
-            name = field[len("rfm.") :]
-            column = {
-                "recency": RfmScore.recency_days,
-                "frequency": RfmScore.frequency,
-                "monetary": RfmScore.monetary_cents / 100.0,
-                "r": RfmScore.r,
-                "f": RfmScore.f,
-                "m": RfmScore.m,
-                "composite": RfmScore.composite,
-                "group": RfmScore.group,
-            }[name]
-            return self._rfm(column)
-        if field == "lifecycle.stage":
-            return self._lifecycle(ContactLifecycle.stage)
-        if field == "lifecycle.churn_risk":
-            return self._lifecycle(ContactLifecycle.churn_risk)
-        if field == "orders.count":
-            return self._orders(sa.func.count()).scalar_subquery()
-        if field == "orders.revenue":
-            return sa.func.coalesce(self._orders(sa.func.sum(self._net_cents())).scalar_subquery(), 0) / 100.0
-        if field == "orders.aov":
-            return self._orders(sa.func.avg(self._net_cents()) / 100.0).scalar_subquery()
-        if field == "promotions.redeemed_ratio":
-            redeemed = sa.func.sum(sa.case((sa.func.coalesce(Order.coupon, "") != "", 1), else_=0))
-            return self._orders(redeemed * 1.0 / sa.func.nullif(sa.func.count(), 0)).scalar_subquery()
+        if field in RFM_COLUMNS:
+            return self._rfm(RFM_COLUMNS[field])
+        if field in LIFECYCLE_COLUMNS:
+            return self._lifecycle(LIFECYCLE_COLUMNS[field])
+        if field in ORDER_AGGREGATES:
+            value = self._orders(self._order_aggregate(field)).scalar_subquery()
+            return sa.func.coalesce(value, NO_ORDERS_VALUE[field]) if field in NO_ORDERS_VALUE else value
         return getattr(Contact, field)  # type: ignore[no-any-return]
 
     # -- conditions ------------------------------------------------------------------------------------------
@@ -309,23 +319,14 @@ class _Compiler:
         base: sa.Select[Any]
         expr: Any
         empty: Any = None
-        if field.startswith("rfm."):
+        if field in RFM_COLUMNS:
             base = sa.select(RfmScore.contact_id).where(
                 RfmScore.store_id == self.store_id, RfmScore.run_id == self._latest_run()
             )
-            expr = {
-                "recency": RfmScore.recency_days,
-                "frequency": RfmScore.frequency,
-                "monetary": RfmScore.monetary_cents / 100.0,
-                "r": RfmScore.r,
-                "f": RfmScore.f,
-                "m": RfmScore.m,
-                "composite": RfmScore.composite,
-                "group": RfmScore.group,
-            }[field[len("rfm.") :]]
-        elif field.startswith("lifecycle."):
+            expr = RFM_COLUMNS[field]
+        elif field in LIFECYCLE_COLUMNS:
             base = sa.select(ContactLifecycle.contact_id).where(ContactLifecycle.store_id == self.store_id)
-            expr = ContactLifecycle.stage if field == "lifecycle.stage" else ContactLifecycle.churn_risk
+            expr = LIFECYCLE_COLUMNS[field]
         elif field.startswith("consent."):
             base = sa.select(ConsentState.contact_id).where(
                 ConsentState.store_id == self.store_id, ConsentState.channel == field[len("consent.") :]
@@ -342,15 +343,8 @@ class _Compiler:
                 )
                 .group_by(Order.contact_id)
             )
-            if field == "orders.count":
-                expr, empty = sa.func.count(), 0
-            elif field == "orders.revenue":
-                expr, empty = sa.func.sum(self._net_cents()) / 100.0, 0
-            elif field == "orders.aov":
-                expr = sa.func.avg(self._net_cents()) / 100.0
-            elif field == "promotions.redeemed_ratio":
-                redeemed = sa.func.sum(sa.case((sa.func.coalesce(Order.coupon, "") != "", 1), else_=0))
-                expr = redeemed * 1.0 / sa.func.count()
+            if field in ORDER_AGGREGATES:
+                expr, empty = self._order_aggregate(field), NO_ORDERS_VALUE.get(field)
             else:
                 agg = sa.func.min if field == "days_since_first_order" else sa.func.max
                 if _holds(cond, None):
