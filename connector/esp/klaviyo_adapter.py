@@ -276,23 +276,18 @@ class KlaviyoAdapter:
         the outcome carries for the engine to keep. A contact without a Klaviyo id yet is upserted first (the
         profile only: no consent). List relationship calls never subscribe or unsubscribe anyone."""
         outcome = Outcome()
-        ids: dict[int, str] = {}
-        for index, change in enumerate(changes):
-            if change.remote_id:
-                ids[index] = change.remote_id
-                continue
-            try:
-                profile = self.mapping.profile(change.contact)
-            except InvalidInput as exc:
-                outcome.skipped[index] = f"no identifier Klaviyo accepts ({exc})"
-                continue
-            outcome.requests += 1
-            try:
-                ids[index] = self.client.import_profile(profile).id
-            except Rejected as error:
-                outcome.rejected[index] = error.message
-            except EspError as error:
-                self._failed(outcome, [i for i in range(index, len(changes)) if i not in outcome.skipped], error)
+        ids = {index: change.remote_id for index, change in enumerate(changes) if change.remote_id}
+        unlinked = [index for index, change in enumerate(changes) if not change.remote_id]
+        if unlinked:
+            upserted = self._upsert_profiles([changes[i].contact for i in unlinked], bulk=False)
+            outcome.requests += upserted.requests
+            outcome.skipped.update({unlinked[k]: reason for k, reason in upserted.skipped.items()})
+            outcome.rejected.update({unlinked[k]: reason for k, reason in upserted.rejected.items()})
+            ids.update({unlinked[k]: remote_id for k, remote_id in upserted.remote_ids.items()})
+            if upserted.error is not None:
+                # No list call is made: every change not skipped or rejected goes back for a retry, those whose
+                # profile id was already known included (their add or remove was not sent either).
+                outcome.fail(range(len(changes)), upserted.error)
                 return outcome
         list_id = segment.mirror.get("list_id")
         if not ids or (not list_id and not any(changes[i].member for i in ids)):
@@ -305,8 +300,8 @@ class KlaviyoAdapter:
                 self._failed(outcome, list(ids), error)
                 return outcome
             outcome.mirror = {**segment.mirror, "list_id": list_id}
-        adds = [i for i in ids if changes[i].member]
-        removes = [i for i in ids if not changes[i].member]
+        adds = [i for i in sorted(ids) if changes[i].member]  # in the changes' order
+        removes = [i for i in sorted(ids) if not changes[i].member]
         if adds:
             send_resilient(
                 adds,

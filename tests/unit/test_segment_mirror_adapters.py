@@ -91,6 +91,26 @@ def test_klaviyo_skips_contacts_without_an_identifier_and_fails_the_rest_on_an_o
     assert set(outcome.skipped) == {0} and outcome.failed == {1} and outcome.error is not None
 
 
+def test_klaviyo_an_outage_while_upserting_fails_every_change_that_was_not_sent() -> None:
+    def flaky(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/api/profile-import" and b"p2@" in request.content:
+            return httpx.Response(503, json={"errors": []})
+        return answer(request)
+
+    rec = Recorder(flaky)
+    changes = [
+        MembershipChange(person(0), True, remote_id="P0"),
+        MembershipChange(person(1), True),
+        MembershipChange(person(2), True),
+        MembershipChange(person(3), False),
+    ]
+    outcome = klaviyo(rec).mirror_membership(SegmentRef(7, "VIP", {"list_id": "L9"}), changes)
+    # No list call went out, so none of them is done: the one with a known id and the one upserted before the
+    # outage are retried with the rest.
+    assert ops(rec) == [("POST", "/api/profile-import"), ("POST", "/api/profile-import")]
+    assert outcome.failed == {0, 1, 2, 3} and outcome.error is not None and outcome.requests == 2
+
+
 @pytest.fixture
 def sandbox() -> Iterator[ActiveCampaignSandbox]:
     app = ActiveCampaignSandbox(time_scale=SCALE)
