@@ -22,7 +22,6 @@ from dramatiq.common import compute_backoff
 
 from .. import lifecycle, rfm, rfm_schedule, segments
 from ..credentials import CredentialCipher
-from ..double_opt_in import DoubleOptIn
 from ..ingest.projection import project_pending
 from ..settings import Settings
 from ..store import Database, OutboxRow, OutboxStatus, SyncRun, SyncRunStatus, utcnow
@@ -74,7 +73,6 @@ class Jobs:
         options = self.adapter_options or AdapterOptions(redis_client=getattr(self.broker, "client", None))
         adapters = AdapterCache(CredentialCipher(self.settings.credentials_key), options)
         self.engine = SyncEngine(self.db, self.settings, adapters)
-        self._doi = DoubleOptIn.from_settings(self.settings)
 
     def _actor(
         self, fn: Any, name: str, *, queue: str = QUEUE, priority: int = 0, **options: Any
@@ -95,7 +93,7 @@ class Jobs:
             for _ in range(PROJECTION_BATCHES_PER_JOB):
                 turn.kicked = False
                 projected = project_pending(
-                    self.db, store_id, batch_size=self.settings.projection_batch_size, doi=self._doi
+                    self.db, store_id, batch_size=self.settings.projection_batch_size, doi=self.engine.doi
                 )
                 if projected == 0 and not turn.kicked:
                     return

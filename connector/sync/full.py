@@ -276,14 +276,14 @@ class FullSync:
         rejections: list[dict[str, object]],
         links: Sequence[records.LinkUpdate],
         requests: int,
-        sent: Sequence[int] = (),
-        read_at: dt.datetime | None = None,
+        sent: Sequence[int],
+        read_at: dt.datetime,
     ) -> None:
         now = utcnow()
         with self.db.writer() as session:
             run = self._load(session)
             records.save_links(session, run.store_id, run.esp, links, now)
-            if sent and read_at is not None:
+            if sent:
                 _requeue_consent_changed(session, run.store_id, run.esp, sent, read_at)
             run.contact_cursor = cursor
             run.processed += processed
