@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import consent
-from .double_opt_in import token_hash
 from .store import ConsentConfirmation, ConsentLedgerEntry, ConsentState, ConsentStatus, Contact, utcnow
+from .tenancy import digest
 
 
 class Outcome(enum.StrEnum):
@@ -28,13 +28,13 @@ class Result:
 
 
 def find(session: Session, token: str) -> ConsentConfirmation | None:
-    return session.scalar(sa.select(ConsentConfirmation).where(ConsentConfirmation.token_hash == token_hash(token)))
+    return session.scalar(sa.select(ConsentConfirmation).where(ConsentConfirmation.token_hash == digest(token)))
 
 
 def confirm(session: Session, token: str, *, ip: str | None, user_agent: str | None) -> Result:
     """Record the confirmation of ``token`` (in ``session``'s write transaction) unless it cannot count."""
     confirmation = session.scalar(
-        sa.select(ConsentConfirmation).where(ConsentConfirmation.token_hash == token_hash(token)).with_for_update()
+        sa.select(ConsentConfirmation).where(ConsentConfirmation.token_hash == digest(token)).with_for_update()
     )
     ended = state_of(confirmation)
     if ended is not None or confirmation is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -21,6 +20,7 @@ from . import outbox, preferences, store_keys
 from .credentials import CredentialCipher
 from .settings import Settings
 from .store import ConsentConfirmation, ConsentLedgerEntry, Contact, Event, utcnow
+from .tenancy import digest
 
 EVENT_NAME = "Consent Confirmation Requested"
 
@@ -42,10 +42,6 @@ class DoubleOptIn:
         )
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def request(
     session: Session, config: DoubleOptIn, store_id: int, contact: Contact, pending: ConsentLedgerEntry
 ) -> ConsentConfirmation:
@@ -57,7 +53,7 @@ def request(
         contact_id=contact.id,
         channel=pending.channel,
         purpose=pending.purpose,
-        token_hash=token_hash(token),
+        token_hash=digest(token),
         pending_entry_id=pending.id,
         created_at=now,
         expires_at=now + config.ttl,
