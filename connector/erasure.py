@@ -20,6 +20,7 @@ from . import consent, store_keys, suppression
 from .credentials import CredentialCipher, CredentialsUnavailable
 from .errors import InvalidInput, NotFound
 from .identity import merge_family, normalise_email
+from .phones import e164
 from .store import (
     Cart,
     CartItem,
@@ -105,7 +106,7 @@ def _identifier(*, email: str | None, phone: str | None, contact_id: int | None)
             raise InvalidInput("email", "not an email address")
         return "email", normal
     if phone is not None:
-        if (normal_phone := suppression.normalise_phone(phone)) is None:
+        if (normal_phone := e164(phone)) is None:
             raise InvalidInput("phone", "not an E.164 phone number")
         return "phone", normal_phone
     if isinstance(contact_id, bool) or not isinstance(contact_id, int) or contact_id <= 0:
@@ -182,7 +183,7 @@ def _identifiers(
             )
         )
     )
-    phones = {p for c in people if (p := suppression.normalise_phone(c.phone)) is not None}
+    phones = {p for c in people if (p := e164(c.phone)) is not None}
     if kind == "email":
         emails.add(value)
     elif kind == "phone":
@@ -204,7 +205,7 @@ def _targets(
     covered: set[str] = set()
     for contact in live:
         email = normalise_email(contact.email)
-        phone = suppression.normalise_phone(contact.phone)
+        phone = e164(contact.phone)
         if email or phone:
             remotes = {esp: rid for (esp, cid), rid in remote.items() if cid == contact.id and rid}
             targets.append((contact.id, {"email": email, "phone": phone, "remote_ids": remotes}))

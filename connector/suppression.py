@@ -16,17 +16,12 @@ from .identity import normalise_email
 from .store import Contact, Suppression, utcnow
 
 
-def normalise_phone(value: object) -> str | None:
-    """E.164, as SMS consent keeps it (connector/phones.py): one form, so a digest always matches its phone."""
-    return phones.e164(value)
-
-
 def digests(key: bytes, *, email: str | None, phone: str | None) -> dict[str, str]:
     """{digest: kind} for the normalised identifiers given (kind-prefixed so an email never equals a phone)."""
     found: dict[str, str] = {}
     if (normal := normalise_email(email)) is not None:
         found[store_keys.digest(key, f"email:{normal}")] = "email"
-    if (normal := normalise_phone(phone)) is not None:
+    if (normal := phones.e164(phone)) is not None:  # as SMS consent keeps it: a digest matches its phone
         found[store_keys.digest(key, f"phone:{normal}")] = "phone"
     return found
 
