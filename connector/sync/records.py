@@ -11,10 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from ..identity import MAX_MERGE_HOPS
 from ..store import ConsentLedgerEntry, ConsentState, Contact, EspLink
-
-#: Merge chains are short (a merge points at the survivor); this bounds a corrupt cycle.
-MAX_MERGE_HOPS = 10
 
 
 @dataclass(frozen=True)
