@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from connector import ledger, migrate
+from connector import audit, ledger, migrate
 from connector.errors import AppendOnlyViolation
 from connector.store import Base, ConsentLedgerEntry, Contact, Database
 from connector.tenancy import NewStore
@@ -27,6 +27,19 @@ def test_migrations_match_the_models(db: Database) -> None:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         diff = compare_metadata(context, Base.metadata)
     assert diff == []
+
+
+def test_the_issue_6_and_7_migrations_go_down_and_up_again_with_data(db: Database, store: NewStore) -> None:
+    entry_id = _ledger_row(db, store)
+    migrate.downgrade(db, "0004")  # below the chained ledger (0005), RFM and segments (0006-0008)
+    assert migrate.current_revision(db) == "0004"
+    migrate.upgrade(db)
+    assert migrate.current_revision(db) == migrate.head_revision(db)
+    test_migrations_match_the_models(db)
+    with db.reader() as session:
+        row = session.get(ConsentLedgerEntry, entry_id)
+        assert row is not None and row.seq == 1  # chained again by 0005
+    assert audit.verify(db, store.id).ok
 
 
 def _ledger_row(db: Database, store: NewStore) -> int:
