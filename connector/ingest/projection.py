@@ -98,14 +98,15 @@ def _project(session: Session, event: Event, doi: DoubleOptIn | None = None) -> 
     return contact.id if contact else None
 
 
+#: A tracked event's projection: (session, event, contact, validated properties, how to request a double opt-in).
+Apply = Callable[[Session, Event, Contact | None, Any, DoubleOptIn | None], None]
+
+
 def _project_track(session: Session, event: Event, contact: Contact | None, doi: DoubleOptIn | None) -> None:
     handler = TRACK_HANDLERS.get(event.name or "")
-    properties = event.payload.get("properties") or {}
-    if event.name == "Consent Updated":
-        _consent(session, event, contact, consent.ConsentProperties.model_validate(properties), doi)
-    elif handler is not None:
+    if handler is not None:
         model, apply = handler
-        apply(session, event, contact, model.model_validate(properties))
+        apply(session, event, contact, model.model_validate(event.payload.get("properties") or {}), doi)
     if contact is not None:
         outbox.add(session, event.store_id, outbox.Topic.EVENT_TRACKED, event.id, {"name": event.name})
 
@@ -149,47 +150,51 @@ def _sms_phone(contact: Contact, given: Any) -> None:
         )
 
 
-def _order_status(status: str) -> Callable[[Session, Event, Contact | None, Any], None]:
-    def apply(session: Session, event: Event, _contact: Contact | None, props: Any) -> None:
+def _order_status(status: str) -> Apply:
+    def apply(session: Session, event: Event, _contact: Contact | None, props: Any, _doi: DoubleOptIn | None) -> None:
         if not commerce.order_status(session, event.store_id, props, status):
             raise ProjectionError(f"order {props.order_id!r} is not known")
 
     return apply
 
 
-Handler = tuple[type[BaseModel], Callable[[Session, Event, Contact | None, Any], None]]
+Handler = tuple[type[BaseModel], Apply]
 TRACK_HANDLERS: dict[str, Handler] = {
+    "Consent Updated": (consent.ConsentProperties, _consent),
     "Product Added": (
         commerce.CartLineProperties,
-        lambda s, e, c, p: commerce.product_added(s, e.store_id, c, p, e.timestamp),
+        lambda s, e, c, p, _doi: commerce.product_added(s, e.store_id, c, p, e.timestamp),
     ),
     "Product Removed": (
         commerce.CartLineProperties,
-        lambda s, e, c, p: commerce.product_removed(s, e.store_id, c, p, e.timestamp),
+        lambda s, e, c, p, _doi: commerce.product_removed(s, e.store_id, c, p, e.timestamp),
     ),
     "Cart Viewed": (
         commerce.CartProperties,
-        lambda s, e, c, p: commerce.cart_snapshot(s, e.store_id, c, p, e.timestamp, checkout=False),
+        lambda s, e, c, p, _doi: commerce.cart_snapshot(s, e.store_id, c, p, e.timestamp, checkout=False),
     ),
     "Checkout Started": (
         commerce.CartProperties,
-        lambda s, e, c, p: commerce.cart_snapshot(s, e.store_id, c, p, e.timestamp, checkout=True),
+        lambda s, e, c, p, _doi: commerce.cart_snapshot(s, e.store_id, c, p, e.timestamp, checkout=True),
     ),
     "Order Completed": (
         commerce.OrderProperties,
-        lambda s, e, c, p: commerce.order_completed(s, e.store_id, c, p, e.timestamp),
+        lambda s, e, c, p, _doi: commerce.order_completed(s, e.store_id, c, p, e.timestamp),
     ),
     "Order Refunded": (commerce.OrderRefProperties, _order_status("refunded")),
     "Order Cancelled": (commerce.OrderRefProperties, _order_status("cancelled")),
     "Waitlist Joined": (
         waitlists.WaitlistProperties,
-        lambda s, e, c, p: waitlists.join(s, e.store_id, _needs(c, e), p, e.timestamp),
+        lambda s, e, c, p, _doi: waitlists.join(s, e.store_id, _needs(c, e), p, e.timestamp),
     ),
     "Waitlist Left": (
         waitlists.WaitlistProperties,
-        lambda s, e, c, p: waitlists.leave(s, e.store_id, _needs(c, e), p, e.timestamp),
+        lambda s, e, c, p, _doi: waitlists.leave(s, e.store_id, _needs(c, e), p, e.timestamp),
     ),
-    "Inventory Updated": (catalog.InventoryProperties, lambda s, e, c, p: catalog.inventory_updated(s, e.store_id, p)),
+    "Inventory Updated": (
+        catalog.InventoryProperties,
+        lambda s, e, c, p, _doi: catalog.inventory_updated(s, e.store_id, p),
+    ),
 }
 
 #: Traits with a column of their own; every other trait lands in ``properties``.
