@@ -14,12 +14,10 @@ from connector.errors import EspbridgeError
 from connector.store import Database, connect
 from connector.tenancy import find_store
 
-from .cli_context import Context, emit, pass_context
+from .cli_context import Context, emit, pass_context, store_option
 
 #: Rows between two progress lines of an export.
 PROGRESS_EVERY = 10_000
-
-store_option = click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
 
 
 @click.group()

@@ -10,18 +10,15 @@ import click
 
 from connector import erasure
 from connector.credentials import CredentialCipher
-from connector.errors import EspbridgeError
-from connector.store import connect
-from connector.tenancy import find_store
 
-from .cli_context import Context, emit, pass_context
+from .cli_context import Context, emit, pass_context, store_database, store_option
 
 
 @click.command("erase")
 @click.option("--email", help="The person's email address.")
 @click.option("--phone", help="The person's phone number (E.164).")
 @click.option("--contact", "contact_id", type=int, help="The person's contact id.")
-@click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
+@store_option
 @click.option(
     "--wait", default=60.0, show_default=True, help="Seconds to wait for every ESP's outcome (0: do not wait)."
 )
@@ -42,10 +39,7 @@ def erase(
     the outcomes. The email or phone is kept only as a keyed digest, so the person is never synced again.
     """
     settings = ctx.settings
-    db = connect(settings.database_url)
-    try:
-        with db.reader() as session:
-            store = find_store(session, store_id)
+    with store_database(ctx, store_id) as (db, store):
         erasure_id = erasure.erase(
             db,
             CredentialCipher(settings.credentials_key),
@@ -56,10 +50,6 @@ def erase(
             requested_by=f"cli:{getpass.getuser()}",
         )
         report = _wait(db, store.id, erasure_id, wait, show=not as_json)
-    except EspbridgeError as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        db.dispose()
     emit(report, as_json, _lines(report))
 
 
@@ -70,20 +60,13 @@ def erasures() -> None:
 
 @erasures.command("show")
 @click.argument("erasure_id", type=int)
-@click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
+@store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @pass_context
 def erasures_show(ctx: Context, erasure_id: int, store_id: int | None, as_json: bool) -> None:
     """One erasure's report: what was erased locally, and each ESP's outcome."""
-    db = connect(ctx.settings.database_url)
-    try:
-        with db.reader() as session:
-            store = find_store(session, store_id)
+    with store_database(ctx, store_id) as (db, store):
         report = erasure.get(db, store.id, erasure_id)
-    except EspbridgeError as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        db.dispose()
     emit(report, as_json, _lines(report))
 
 

@@ -8,11 +8,8 @@ from typing import Any
 import click
 
 from connector import lifecycle, rfm
-from connector.errors import EspbridgeError
-from connector.store import connect
-from connector.tenancy import find_store
 
-from .cli_context import Context, emit, pass_context
+from .cli_context import Context, emit, pass_context, store_database, store_option
 
 
 @click.group("rfm")
@@ -37,7 +34,7 @@ def _lines(run: dict[str, Any]) -> list[str]:
 
 
 @rfm_group.command("run")
-@click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
+@store_option
 @click.option(
     "--as-of",
     "as_of",
@@ -48,41 +45,27 @@ def _lines(run: dict[str, Any]) -> list[str]:
 @pass_context
 def rfm_run(ctx: Context, store_id: int | None, as_of: dt.datetime | None, as_json: bool) -> None:
     """Take an RFM snapshot and recompute lifecycle stages, as of a date."""
-    db = connect(ctx.settings.database_url)
-    try:
-        with db.reader() as session:
-            store = find_store(session, store_id)
+    settings = ctx.settings
+    with store_database(ctx, store_id) as (db, store):
         day = as_of.date() if as_of else rfm.local_yesterday(store.timezone)
-        settings = ctx.settings
         run_id = rfm.run_snapshot(
             db, store.id, day, config=rfm.config_from(settings), stages=lifecycle.config_from(settings)
         )
         staged = lifecycle.staged(db, store.id)
         run = rfm.get_run(db, store.id, run_id)
-    except EspbridgeError as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        db.dispose()
     assert run is not None
     emit(run | {"lifecycle_contacts": staged}, as_json, [*_lines(run), f"lifecycle stages {staged}"])
 
 
 @rfm_group.command("runs")
-@click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
+@store_option
 @click.option("--limit", default=20, show_default=True, help="How many of the latest runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
 @pass_context
 def rfm_runs(ctx: Context, store_id: int | None, limit: int, as_json: bool) -> None:
     """The store's latest RFM runs."""
-    db = connect(ctx.settings.database_url)
-    try:
-        with db.reader() as session:
-            store = find_store(session, store_id)
+    with store_database(ctx, store_id) as (db, store):
         runs = rfm.list_runs(db, store.id, limit)
-    except EspbridgeError as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        db.dispose()
     lines = [
         f"{r['id']}  {r['as_of']}  {r['method']}  scored {r['scored']}/{r['population']}"
         f"  transitions {r['transitions']}  drift alerts {len(r['drift_alerts'])}"

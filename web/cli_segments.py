@@ -5,40 +5,21 @@ from __future__ import annotations
 import csv
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import click
 
 from connector import segments
-from connector.errors import EspbridgeError
 from connector.segments import service
-from connector.store import Database, connect
-from connector.tenancy import find_store
 
-from .cli_context import Context, emit, pass_context
+from .cli_context import Context, emit, pass_context, store_database, store_option
 
-store_option = click.option("--store", "store_id", type=int, help="Store id (may be left out when there is one store).")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 
 
 @click.group("segments")
 def segments_group() -> None:
     """Segments (DESIGN.md section 9)."""
-
-
-@contextmanager
-def _store(ctx: Context, store_id: int | None) -> Iterator[tuple[Database, int]]:
-    db = connect(ctx.settings.database_url)
-    try:
-        with db.reader() as session:
-            store = find_store(session, store_id)
-        yield db, store.id
-    except EspbridgeError as exc:
-        raise click.UsageError(str(exc)) from None
-    finally:
-        db.dispose()
 
 
 def _line(s: dict[str, Any]) -> str:
@@ -52,8 +33,8 @@ def _line(s: dict[str, Any]) -> str:
 @pass_context
 def list_(ctx: Context, store_id: int | None, as_json: bool) -> None:
     """The store's segments."""
-    with _store(ctx, store_id) as (db, sid):
-        rows = service.list_segments(db, sid)
+    with store_database(ctx, store_id) as (db, store):
+        rows = service.list_segments(db, store.id)
     emit({"segments": rows}, as_json, [_line(s) for s in rows] or ["no segments"])
 
 
@@ -80,8 +61,8 @@ def create(
     except json.JSONDecodeError as exc:
         raise click.UsageError(f"criteria: not valid JSON ({exc})") from None
     body = {"name": name, "criteria": parsed, "description": description, "marketing": not not_marketing}
-    with _store(ctx, store_id) as (db, sid):
-        created = service.create_segment(db, sid, body)
+    with store_database(ctx, store_id) as (db, store):
+        created = service.create_segment(db, store.id, body)
     emit(created, as_json, [f"created {_line(created)}"])
 
 
@@ -92,9 +73,9 @@ def create(
 @pass_context
 def show(ctx: Context, segment_id: int, store_id: int | None, as_json: bool) -> None:
     """One segment and its daily member counts."""
-    with _store(ctx, store_id) as (db, sid):
-        found = service.get_segment(db, sid, segment_id)
-        counts = service.daily_counts(db, sid, segment_id)
+    with store_database(ctx, store_id) as (db, store):
+        found = service.get_segment(db, store.id, segment_id)
+        counts = service.daily_counts(db, store.id, segment_id)
     emit(found | {"counts": counts}, as_json, [_line(found), *(f"  {c['day']}  {c['members']}" for c in counts)])
 
 
@@ -104,8 +85,8 @@ def show(ctx: Context, segment_id: int, store_id: int | None, as_json: bool) -> 
 @pass_context
 def delete(ctx: Context, segment_id: int, store_id: int | None) -> None:
     """Delete a segment (its members, changes and counts go with it)."""
-    with _store(ctx, store_id) as (db, sid):
-        service.delete_segment(db, sid, segment_id)
+    with store_database(ctx, store_id) as (db, store):
+        service.delete_segment(db, store.id, segment_id)
     click.echo(f"deleted segment {segment_id}")
 
 
@@ -119,13 +100,13 @@ def evaluate(ctx: Context, segment_id: int | None, all_: bool, store_id: int | N
     """Recompute membership in full and record who entered and exited."""
     if all_ == (segment_id is not None):
         raise click.UsageError("give a SEGMENT_ID or --all")
-    with _store(ctx, store_id) as (db, sid):
+    with store_database(ctx, store_id) as (db, store):
         start = time.monotonic()
         if all_:
-            results = segments.evaluate_all(db, sid)
+            results = segments.evaluate_all(db, store.id)
         else:
             assert segment_id is not None
-            results = [segments.evaluate(db, sid, segment_id)]
+            results = [segments.evaluate(db, store.id, segment_id)]
         seconds = time.monotonic() - start
     data = {"seconds": round(seconds, 3), "segments": [r.__dict__ for r in results]}
     lines = [f"{r.segment_id}  members {r.members}  entered {r.entered}  exited {r.exited}" for r in results]
@@ -141,11 +122,11 @@ def evaluate(ctx: Context, segment_id: int | None, all_: bool, store_id: int | N
 @pass_context
 def export(ctx: Context, segment_id: int, output: str, store_id: int | None) -> None:
     """Write the members as CSV (streamed page by page)."""
-    with _store(ctx, store_id) as (db, sid), click.open_file(output, "w") as handle:
+    with store_database(ctx, store_id) as (db, store), click.open_file(output, "w") as handle:
         writer = csv.writer(handle)
         writer.writerow(service.CSV_COLUMNS)
         count = 0
-        for row in service.member_rows(db, sid, segment_id):
+        for row in service.member_rows(db, store.id, segment_id):
             writer.writerow(row)
             count += 1
     if output != "-":
@@ -176,12 +157,12 @@ def mirror(
     if off and options:
         raise click.UsageError("--off takes no --list-id or --tag")
     data: dict[str, Any]
-    with _store(ctx, store_id) as (db, sid):
+    with store_database(ctx, store_id) as (db, store):
         if off:
-            data = {"segment": service.remove_mirror(db, sid, segment_id, esp), "queued": 0}
+            data = {"segment": service.remove_mirror(db, store.id, segment_id, esp), "queued": 0}
             line = f"segment {segment_id} is not mirrored to {esp}"
         else:
-            data = service.set_mirror(db, sid, segment_id, esp, options)
+            data = service.set_mirror(db, store.id, segment_id, esp, options)
             entry = json.dumps(data["segment"]["mirror"][esp])
             line = f"segment {segment_id} mirrored to {esp} {entry}; {data['queued']} member(s) queued"
     emit(data, as_json, [line])
@@ -193,9 +174,9 @@ def mirror(
 def install_prebuilt(ctx: Context, store_id: int | None) -> None:
     """Create the pre-built segments the store lacks (VIP, Loyal, At Risk, Hibernating, …) and evaluate them (their
     baselines: from then on the incremental path keeps them up to date)."""
-    with _store(ctx, store_id) as (db, sid):
+    with store_database(ctx, store_id) as (db, store):
         with db.writer() as session:
-            created = [(s.id, s.name) for s in segments.install_prebuilt(session, sid)]
+            created = [(s.id, s.name) for s in segments.install_prebuilt(session, store.id)]
         for segment_id, _ in created:
-            segments.evaluate(db, sid, segment_id)
+            segments.evaluate(db, store.id, segment_id)
     click.echo(f"installed {', '.join(n for _, n in created)}" if created else "all pre-built segments already exist")
