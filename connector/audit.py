@@ -26,8 +26,9 @@ from sqlalchemy.orm import Session
 
 from . import ledger
 from .errors import InvalidInput, NotFound
-from .identity import merge_family, normalise_email
-from .store import Channel, ConsentEvidence, ConsentLedgerEntry, Contact, Identity, IdentityKind, LedgerHead, utcnow
+from .identity import find_person, normalise_email
+from .phones import e164
+from .store import Channel, ConsentEvidence, ConsentLedgerEntry, LedgerHead, utcnow
 from .store.db import Database
 
 _LEDGER = ConsentLedgerEntry.__table__
@@ -345,31 +346,22 @@ def _contacts(session: Session, store_id: int, wanted: ExportFilter) -> list[int
     """The contact ids whose events are the person's: the one found, and every contact merged into it (their
     ledger rows keep the id they were written with). None = no person filter."""
     if wanted.contact_id is not None:
-        found = session.scalars(
-            sa.select(Contact.id).where(Contact.store_id == store_id, Contact.id == wanted.contact_id)
-        ).all()
-        field = "contact"
+        field, found = "contact", find_person(session, store_id, "contact", wanted.contact_id)
     elif wanted.email is not None:
         email = normalise_email(wanted.email)
         if email is None:
             raise InvalidInput("email", "is not an email address")
-        by_identity = sa.select(Identity.contact_id).where(
-            Identity.store_id == store_id, Identity.kind == IdentityKind.EMAIL, Identity.value == email
-        )
-        by_contact = sa.select(Contact.id).where(Contact.store_id == store_id, sa.func.lower(Contact.email) == email)
-        found = session.scalars(sa.union(by_identity, by_contact)).all()
-        field = "email"
+        field, found = "email", find_person(session, store_id, "email", email)
     elif wanted.phone is not None:
         phone = wanted.phone.strip()
         if not phone:
             raise InvalidInput("phone", "is empty")
-        found = session.scalars(sa.select(Contact.id).where(Contact.store_id == store_id, Contact.phone == phone)).all()
-        field = "phone"
+        field, found = "phone", find_person(session, store_id, "phone", e164(phone), as_typed=phone)
     else:
         return None
     if not found:
         raise NotFound(f"{field}: no contact in store {store_id} matches")
-    return [contact.id for contact in merge_family(session, store_id, found)]
+    return [contact.id for contact in found]
 
 
 def _evidence(values: dict[str, Any], salt: str | None) -> str:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from . import consent, store_keys, suppression
 from .credentials import CredentialCipher, CredentialsUnavailable
 from .errors import InvalidInput, NotFound
-from .identity import merge_family, normalise_email
+from .identity import find_person, normalise_email
 from .phones import e164
 from .store import (
     Cart,
@@ -74,7 +74,7 @@ def erase(
             raise CredentialsUnavailable(
                 f"an erasure keeps suppressions keyed with the store's secret: {exc}"
             ) from None
-        people = _find(session, store_id, kind, normal, phone.strip() if phone else None)
+        people = find_person(session, store_id, kind, normal, as_typed=phone.strip() if phone else None)
         if not people:
             raise NotFound(f"no contact matches that {kind}")
         now = utcnow()
@@ -112,29 +112,6 @@ def _identifier(*, email: str | None, phone: str | None, contact_id: int | None)
     if isinstance(contact_id, bool) or not isinstance(contact_id, int) or contact_id <= 0:
         raise InvalidInput("contact_id", "must be a positive integer")
     return "contact", contact_id
-
-
-def _find(session: Session, store_id: int, kind: str, value: Any, as_typed: str | None) -> list[Contact]:
-    """Every contact of the person: those the identifier names, the ones they live on as, and all merged in.
-
-    A phone is looked up both normalised and as typed: contacts keep a phone the way the storefront sent it.
-    """
-    if kind == "contact":
-        roots = {value}
-    elif kind == "email":
-        roots = set(
-            session.scalars(
-                sa.select(Identity.contact_id).where(
-                    Identity.store_id == store_id, Identity.kind == IdentityKind.EMAIL, Identity.value == value
-                )
-            )
-        ) | set(session.scalars(sa.select(Contact.id).where(Contact.store_id == store_id, Contact.email == value)))
-    else:
-        phones = {value, as_typed} - {None}
-        roots = set(
-            session.scalars(sa.select(Contact.id).where(Contact.store_id == store_id, Contact.phone.in_(phones)))
-        )
-    return merge_family(session, store_id, roots)
 
 
 def _ledger(

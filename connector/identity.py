@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -69,6 +70,32 @@ def merge_family(session: Session, store_id: int, contact_ids: Iterable[int]) ->
         }
         wanted -= set(found) - set(new)
     return sorted(found.values(), key=lambda c: c.id)
+
+
+def find_person(
+    session: Session, store_id: int, kind: str, value: Any, *, as_typed: str | None = None
+) -> list[Contact]:
+    """Every contact of the person an identifier names (``kind`` "contact", "email" or "phone", ``value``
+    normalised: an id, ``normalise_email``, E.164 or None), with ``merge_family``'s reach.
+
+    An email is found on identities and contacts; a phone both normalised and ``as_typed``, since contacts keep a
+    phone the way the storefront sent it."""
+    if kind == "contact":
+        roots = {value}
+    elif kind == "email":
+        roots = set(
+            session.scalars(
+                sa.select(Identity.contact_id).where(
+                    Identity.store_id == store_id, Identity.kind == IdentityKind.EMAIL, Identity.value == value
+                )
+            )
+        ) | set(session.scalars(sa.select(Contact.id).where(Contact.store_id == store_id, Contact.email == value)))
+    else:
+        phones = {value, as_typed} - {None}
+        roots = set(
+            session.scalars(sa.select(Contact.id).where(Contact.store_id == store_id, Contact.phone.in_(phones)))
+        )
+    return merge_family(session, store_id, roots)
 
 
 def normalise_email(value: object) -> str | None:

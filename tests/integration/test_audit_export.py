@@ -66,6 +66,7 @@ def test_export_finds_a_person_by_email_phone_or_id_with_merged_contacts(
     assert seqs(db, store.id) == [1, 2, 3, 4, 5]
     assert seqs(db, store.id, email=" ANN@example.com ") == [1, 3, 4, 5]  # the merged contact's row too
     assert seqs(db, store.id, phone="+4915112345678") == [1, 3, 4, 5]
+    assert seqs(db, store.id, phone="+49 151 1234 5678") == [1, 3, 4, 5]  # typed otherwise: E.164 as stored, as erasure
     assert seqs(db, store.id, contact_id=people["old_ann"]) == [1, 3, 4, 5]  # up to the survivor and back down
     assert seqs(db, store.id, contact_id=people["bob"]) == [2]
 
