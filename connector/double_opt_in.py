@@ -46,7 +46,8 @@ def request(
     session: Session, config: DoubleOptIn, store_id: int, contact: Contact, pending: ConsentLedgerEntry
 ) -> ConsentConfirmation:
     """Make the confirmation for the ``pending`` ledger row and the event that carries its link outward."""
-    token = confirmation_token(store_keys.hmac_key(session, store_id, config.cipher), pending.id)
+    key = store_keys.hmac_key(session, store_id, config.cipher)
+    token = confirmation_token(key, pending.id)
     now = utcnow()
     confirmation = ConsentConfirmation(
         store_id=store_id,
@@ -63,9 +64,7 @@ def request(
     properties = {
         "channel": pending.channel,
         "expires_at": confirmation.expires_at.isoformat(),
-        "unsubscribe_url": preferences.unsubscribe_url(
-            session, config.public_url, config.cipher, store_id, contact.id, pending.channel
-        ),
+        "unsubscribe_url": preferences.unsubscribe_url(config.public_url, key, store_id, contact.id, pending.channel),
     }
     if pending.purpose:
         properties["list_id"] = pending.purpose

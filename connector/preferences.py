@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import hmac
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import store_keys
 from .credentials import CredentialCipher
-from .store import Store
 
 
-def signature(session: Session, cipher: CredentialCipher, store_id: int, contact_id: int, channel: str) -> str:
-    return store_keys.digest(store_keys.hmac_key(session, store_id, cipher), f"unsubscribe:{contact_id}:{channel}")
+def signature(key: bytes, contact_id: int, channel: str) -> str:
+    """The link's HMAC with the store's key (``store_keys.hmac_key``)."""
+    return store_keys.digest(key, f"unsubscribe:{contact_id}:{channel}")
 
 
-def unsubscribe_url(
-    session: Session, public_url: str, cipher: CredentialCipher, store_id: int, contact_id: int, channel: str
-) -> str:
-    sig = signature(session, cipher, store_id, contact_id, channel)
+def unsubscribe_url(public_url: str, key: bytes, store_id: int, contact_id: int, channel: str) -> str:
+    sig = signature(key, contact_id, channel)
     return f"{public_url.rstrip('/')}/consent/unsubscribe/{store_id}/{contact_id}/{channel}/{sig}"
 
 
@@ -33,6 +30,5 @@ def verify(
     """True when ``given`` is the link's signature (constant-time: timing tells nothing about the right one).
 
     A store without a key has signed no link: False, and no key is made (a read transaction is enough)."""
-    if session.scalar(sa.select(Store.hmac_key).where(Store.id == store_id)) is None:
-        return False
-    return hmac.compare_digest(signature(session, cipher, store_id, contact_id, channel), given)
+    key = store_keys.existing_key(session, store_id, cipher)
+    return key is not None and hmac.compare_digest(signature(key, contact_id, channel), given)

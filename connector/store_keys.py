@@ -18,11 +18,16 @@ from .errors import NotFound
 from .store import Store
 
 
+def existing_key(session: Session, store_id: int, cipher: CredentialCipher) -> bytes | None:
+    """The store's key, or None when it has none yet (nothing was ever signed or digested with it)."""
+    encrypted = session.scalar(sa.select(Store.hmac_key).where(Store.id == store_id))
+    return None if encrypted is None else bytes.fromhex(cipher.decrypt(encrypted)["key"])
+
+
 def hmac_key(session: Session, store_id: int, cipher: CredentialCipher) -> bytes:
     """The store's key, made (inside ``session``'s transaction) if it has none yet."""
-    encrypted = session.scalar(sa.select(Store.hmac_key).where(Store.id == store_id))
-    if encrypted is not None:
-        return bytes.fromhex(cipher.decrypt(encrypted)["key"])
+    if (key := existing_key(session, store_id, cipher)) is not None:
+        return key
     store = session.scalar(sa.select(Store).where(Store.id == store_id).with_for_update())
     if store is None:
         raise NotFound(f"store {store_id} does not exist")

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 from flask.testing import FlaskClient
 
-from connector import preferences
+from connector import preferences, store_keys
 from connector.credentials import CredentialCipher, new_key
 from connector.settings import Settings
 from connector.store import ConsentEvidence, ConsentLedgerEntry, Contact, Database
@@ -51,10 +51,8 @@ def subscribed(client: FlaskClient, store: NewStore, esps: consent_esps.Esps, db
 
 def link(db: Database, settings: Settings, store_id: int, contact_id: int, channel: str = "email") -> str:
     with db.writer() as session:
-        cipher = CredentialCipher(settings.credentials_key)
-        return preferences.unsubscribe_url(session, "http://x", cipher, store_id, contact_id, channel).removeprefix(
-            "http://x"
-        )
+        key = store_keys.hmac_key(session, store_id, CredentialCipher(settings.credentials_key))
+        return preferences.unsubscribe_url("http://x", key, store_id, contact_id, channel).removeprefix("http://x")
 
 
 def test_the_link_unsubscribes_everywhere_after_the_button_not_on_the_get(
