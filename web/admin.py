@@ -15,7 +15,7 @@ from connector.sync.full import FullSyncOptions, SyncRunning, start, summary
 
 from . import get_runtime
 from .auth import ALL_ROLES, current_principal, requires
-from .errors import admin_errors, error_response
+from .errors import admin_errors, error_response, json_object, limit_arg
 
 bp = Blueprint("admin", __name__, url_prefix="/admin/api")
 
@@ -58,9 +58,7 @@ def _running(exc: SyncRunning) -> Response:
 @requires(Role.ADMIN)
 def start_full_sync() -> Response:
     """Start (or resume) a full sync: ``{"esp": "klaviyo", "dry_run": false, "force": false}``. 202 + the run."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidInput("body", "must be a JSON object")
+    body = json_object()
     esp = body.get("esp")
     if esp not in DEFAULT_BASE_URLS:
         raise InvalidInput("esp", f"must be one of {', '.join(sorted(DEFAULT_BASE_URLS))}")
@@ -88,14 +86,12 @@ def start_full_sync() -> Response:
 @requires(*ALL_ROLES)
 def list_sync_runs() -> Response:
     """The latest full syncs (``limit``, default 20), newest first, with progress and counts."""
-    limit = request.args.get("limit", "20")
-    if not limit.isdigit() or not 1 <= int(limit) <= 200:
-        raise InvalidInput("limit", "must be an integer from 1 to 200")
+    limit = limit_arg(20, 200)
     query = (
         sa.select(SyncRun)
         .where(SyncRun.store_id == current_principal().store_id)
         .order_by(SyncRun.id.desc())
-        .limit(int(limit))
+        .limit(limit)
     )
     with get_runtime().db.reader() as session:
         return jsonify({"runs": [summary(run) for run in session.scalars(query)]})
@@ -147,9 +143,7 @@ def set_contact_consent(contact_id: int) -> Response:
 
     Ledger method ``admin``, actor the signed-in user; a withdrawal goes to every connected ESP like any other.
     """
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidInput("body", "must be a JSON object")
+    body = json_object()
     principal = current_principal()
     with get_runtime().db.writer() as session:
         result = consent_admin.set_consent(

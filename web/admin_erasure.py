@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from connector import erasure
 from connector.credentials import CredentialCipher, CredentialsUnavailable
@@ -13,7 +13,7 @@ from connector.store import Role
 
 from . import get_runtime
 from .auth import current_principal, requires
-from .errors import admin_errors, error_response
+from .errors import admin_errors, error_response, json_object
 
 bp = Blueprint("admin_erasure", __name__, url_prefix="/admin/api/erasures")
 
@@ -31,9 +31,7 @@ def _no_key(exc: CredentialsUnavailable) -> Response:
 @requires(Role.COMPLIANCE)
 def create() -> Response:
     """Erase the person named by exactly one of ``email``, ``phone``, ``contact_id``; 202 with the erasure."""
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise InvalidInput("body", "must be a JSON object")
+    body = json_object()
     given = _identifier(body)
     runtime = get_runtime()
     principal = current_principal()

@@ -3,15 +3,15 @@ shares, drift alerts and transition count, for every role that reads marketing d
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, jsonify
 
 from connector import rfm
-from connector.errors import InvalidInput, NotFound
+from connector.errors import NotFound
 from connector.store import Role
 
 from . import get_runtime
 from .auth import current_principal, requires
-from .errors import admin_errors
+from .errors import admin_errors, limit_arg
 
 bp = Blueprint("admin_rfm", __name__, url_prefix="/admin/api/rfm")
 
@@ -24,10 +24,8 @@ admin_errors(bp)
 @requires(*READERS)
 def runs() -> Response:
     """The latest RFM runs (``limit``, default 50), newest first."""
-    limit = request.args.get("limit", "50")
-    if not limit.isdigit() or not 1 <= int(limit) <= 1000:
-        raise InvalidInput("limit", "must be a whole number from 1 to 1000")
-    return jsonify({"runs": rfm.list_runs(get_runtime().db, current_principal().store_id, int(limit))})
+    limit = limit_arg(50, 1000)
+    return jsonify({"runs": rfm.list_runs(get_runtime().db, current_principal().store_id, limit)})
 
 
 @bp.get("/runs/<int:run_id>")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -19,6 +19,22 @@ def error_response(status: int, message: str, **extra: Any) -> Response:
     response = jsonify({"success": False, "error": message, **extra})
     response.status_code = status
     return response
+
+
+def json_object() -> dict[str, Any]:
+    """The request's JSON body, which must be an object (else a 400 naming ``body``)."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object")
+    return body
+
+
+def limit_arg(default: int, maximum: int) -> int:
+    """The ``limit`` query parameter: a whole number from 1 to ``maximum`` (else a 400 naming it)."""
+    limit = request.args.get("limit", str(default))
+    if not limit.isdigit() or not 1 <= int(limit) <= maximum:
+        raise InvalidInput("limit", f"must be a whole number from 1 to {maximum}")
+    return int(limit)
 
 
 def admin_errors(bp: Blueprint) -> None:
