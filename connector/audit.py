@@ -16,8 +16,9 @@ import contextlib
 import csv
 import datetime as dt
 import io
+import itertools
 import json
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -411,6 +412,25 @@ def json_chunks(verification: Verification, wanted: ExportFilter, rows: Iterable
         yield separator + json.dumps({name: _text(row[name]) for name in EXPORT_COLUMNS}, separators=(",", ":"))
         separator = ",\n"
     yield "\n]}\n"
+
+
+def export_document(
+    db: Database,
+    store_id: int,
+    wanted: ExportFilter,
+    fmt: str,
+    *,
+    watch: Callable[[Iterator[dict[str, Any]]], Iterator[dict[str, Any]]] | None = None,
+) -> tuple[Verification, Iterator[str]]:
+    """The export as text chunks (``fmt`` "csv" or "json") and the verification its header carries. The filter is
+    checked and the person found before this returns (InvalidInput, NotFound), so a caller can still answer an
+    error before streaming; ``watch`` sees the rows on their way (progress)."""
+    rows = export(db, store_id, wanted)
+    first = next(rows, None)
+    verification = verify(db, store_id)
+    chained = itertools.chain([] if first is None else [first], rows)
+    watched = watch(chained) if watch is not None else chained
+    return verification, (csv_chunks if fmt == "csv" else json_chunks)(verification, wanted, watched)
 
 
 def parse_when(field: str, text: str, *, until: bool = False) -> dt.datetime:

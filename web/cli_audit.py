@@ -107,10 +107,8 @@ def export(
             channel=channel,
         )
         store = _store(db, store_id)
-        rows = audit.export(db, store, wanted)
-        first = next(rows, None)  # the filter is checked and the person found before anything is written
-        verification = audit.verify(db, store)
-        chunks = (audit.csv_chunks if fmt == "csv" else audit.json_chunks)(verification, wanted, _counted(rows, first))
+        # The filter is checked and the person found before anything is written.
+        verification, chunks = audit.export_document(db, store, wanted, fmt, watch=_counted)
         if output is None:
             _write(sys.stdout, chunks)
         else:
@@ -124,11 +122,8 @@ def export(
         click.echo(f"warning: {verification.message()}", err=True)
 
 
-def _counted(rows: Iterator[dict[str, Any]], first: dict[str, Any] | None) -> Iterator[dict[str, Any]]:
+def _counted(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
     count = 0
-    if first is not None:
-        count = 1
-        yield first
     for row in rows:
         count += 1
         if count % PROGRESS_EVERY == 0:
