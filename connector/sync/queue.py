@@ -197,8 +197,7 @@ def claim_due(db: Database, send: SendBatch, *, send_consent: SendBatch | None =
     """
     now = utcnow()
     consent = claim(db, SyncItem, _due_query(now).where(SyncItem.kind == SyncKind.CONSENT).limit(limit), now)
-    for batch in _batches(consent):
-        (send_consent or send)(*batch)
+    _send(consent, send, send_consent)
     claimed = len(consent)
     with db.reader() as session:
         due = session.execute(
@@ -275,30 +274,27 @@ def sweep_stalled(
         .limit(CLAIM_LIMIT)
     )
     rows = claim(db, SyncItem, query, now)
-    for batch in _batches(rows, send_consent):
-        send(*batch)
+    _send(rows, send, send_consent)
     return len(rows)
 
 
-def _batches(
-    rows: Sequence[sa.Row[int, int, str, str]], consent_apart: SendBatch | None = None
-) -> list[tuple[int, str, list[int]]]:
-    """Claimed rows as job arguments: (store, ESP, item ids), one kind per job, in the ESP's batch sizes.
+def _send(rows: Sequence[sa.Row[int, int, str, str]], send: SendBatch, send_consent: SendBatch | None) -> None:
+    """Send claimed rows as jobs: consent batches first, through ``send_consent`` when given, then the others."""
+    for batch in _batches([row for row in rows if row.kind == SyncKind.CONSENT]):
+        (send_consent or send)(*batch)
+    for batch in _batches([row for row in rows if row.kind != SyncKind.CONSENT]):
+        send(*batch)
 
-    With ``consent_apart``, consent batches are sent through it at once and left out of the result.
-    """
+
+def _batches(rows: Sequence[sa.Row[int, int, str, str]]) -> list[tuple[int, str, list[int]]]:
+    """Claimed rows as job arguments: (store, ESP, item ids), one kind per job, in the ESP's batch sizes."""
     groups: defaultdict[tuple[int, str, str], list[int]] = defaultdict(list)
     for row in rows:
         groups[(row.store_id, row.esp, row.kind)].append(row.id)
     batches = []
     for (store_id, esp, kind), ids in groups.items():
         size = batch_size(esp, kind)
-        chunks = [(store_id, esp, ids[start : start + size]) for start in range(0, len(ids), size)]
-        if consent_apart is not None and kind == SyncKind.CONSENT:
-            for chunk in chunks:
-                consent_apart(*chunk)
-        else:
-            batches += chunks
+        batches += [(store_id, esp, ids[start : start + size]) for start in range(0, len(ids), size)]
     return batches
 
 
