@@ -62,18 +62,11 @@ def record(
     A grant on a channel the store runs double opt-in for is recorded as ``pending`` and a confirmation is
     requested (``doi`` says how to make its link); only the confirmation itself (action ``confirm``) subscribes.
     """
-    state = session.scalar(
-        sa.select(ConsentState).where(
-            ConsentState.store_id == store_id,
-            ConsentState.contact_id == contact.id,
-            ConsentState.channel == props.channel,
-        )
-    )
     confirming = False
     if (
         props.status == ConsentStatus.SUBSCRIBED
         and action != "confirm"
-        and _requires_confirmation(session, store_id, props, state)
+        and _requires_confirmation(session, store_id, contact, props)
     ):
         if doi is None:
             # The caller cannot make the confirmation link: refuse rather than subscribe without a confirmation.
@@ -102,6 +95,13 @@ def record(
     ledger.append(session, entry, ip=_text(context.get("ip"), 64), user_agent=_text(context.get("userAgent"), 1000))
     if confirming and doi is not None:
         double_opt_in.request(session, doi, store_id, contact, entry)
+    state = session.scalar(
+        sa.select(ConsentState).where(
+            ConsentState.store_id == store_id,
+            ConsentState.contact_id == contact.id,
+            ConsentState.channel == props.channel,
+        )
+    )
     if state is None:
         session.add(
             ConsentState(
@@ -121,16 +121,20 @@ def record(
     return entry
 
 
-def _requires_confirmation(
-    session: Session, store_id: int, props: ConsentProperties, state: ConsentState | None
-) -> bool:
-    """True for a grant on a double opt-in channel from someone not subscribed on it already (``state``: the
-    contact's current state on it; a checkout box ticked again by a confirmed subscriber neither sends another
-    confirmation nor sets them back to pending)."""
+def _requires_confirmation(session: Session, store_id: int, contact: Contact, props: ConsentProperties) -> bool:
+    """True for a grant on a double opt-in channel from someone not subscribed on it already (a checkout box
+    ticked again by a confirmed subscriber neither sends another confirmation nor sets them back to pending)."""
     channels = session.scalar(sa.select(Store.double_opt_in).where(Store.id == store_id)) or []
     if str(props.channel) not in channels:
         return False
-    return state is None or state.status != ConsentStatus.SUBSCRIBED
+    current = session.scalar(
+        sa.select(ConsentState.status).where(
+            ConsentState.store_id == store_id,
+            ConsentState.contact_id == contact.id,
+            ConsentState.channel == props.channel,
+        )
+    )
+    return current != ConsentStatus.SUBSCRIBED
 
 
 def _text(value: Any, limit: int) -> str | None:
