@@ -95,6 +95,8 @@ def record(
     ledger.append(session, entry, ip=_text(context.get("ip"), 64), user_agent=_text(context.get("userAgent"), 1000))
     if confirming and doi is not None:
         double_opt_in.request(session, doi, store_id, contact, entry)
+    # Read here, not once at the top: ledger.append holds the store's ledger head lock from now on, so concurrent
+    # records of one contact see each other's state row (read before the lock, both would insert it).
     state = session.scalar(
         sa.select(ConsentState).where(
             ConsentState.store_id == store_id,
